@@ -1,0 +1,117 @@
+"""The face pipeline: frame -> faces with landmarks, the 48x48 crop and the landmark features.
+
+Detection finds new faces; between detections a face is followed from its previous
+landmarks (MediaPipe's tracking ROI), which is cheaper and steadier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_app.face_detection import Detection, FaceDetector
+from edge_app.face_mesh import FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.preprocess import CropSpec, crop_face, eye_centres, landmark_features
+
+
+@dataclass
+class Face:
+    """One face in a frame. ``landmarks`` and ``crop`` stay on the device: nothing publishes them."""
+
+    box: np.ndarray  # x0, y0, x1, y1 in pixels
+    score: float  # detection score, or landmark presence score when followed
+    landmarks: np.ndarray | None  # (468, 3) pixels, None when Face Mesh found none
+    crop: np.ndarray  # (48, 48) uint8
+    features: np.ndarray  # (LANDMARK_FEATURES,) float32
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+
+class FrameError(ValueError):
+    """A frame that cannot be turned into an 8-bit RGB image."""
+
+
+def as_rgb8(frame: np.ndarray | None, *, bgr: bool = False) -> np.ndarray:
+    """Any camera/image array as contiguous HxWx3 uint8 RGB; ``FrameError`` says why not.
+
+    Accepts grayscale, 3 or 4 channels, 8- or 16-bit and float in [0, 1].
+    """
+    if frame is None:
+        raise FrameError("frame is None")
+    frame = np.asarray(frame)
+    if frame.ndim not in (2, 3) or frame.size == 0 or min(frame.shape[:2]) < 1:
+        raise FrameError(f"frame has shape {frame.shape}, expected HxW or HxWxC")
+    if frame.ndim == 3 and frame.shape[2] not in (1, 3, 4):
+        raise FrameError(f"frame has {frame.shape[2]} channels, expected 1, 3 or 4")
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype.kind == "f":
+        frame = np.clip(np.nan_to_num(frame) * 255.0, 0, 255).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise FrameError(f"frame has dtype {frame.dtype}, expected uint8, uint16 or float")
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return np.ascontiguousarray(cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2RGB))
+    if frame.shape[2] == 4:
+        return np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB))
+    return np.ascontiguousarray(frame[:, :, ::-1] if bgr else frame)
+
+
+class FacePipeline:
+    """Detect or follow faces and prepare the emotion model's inputs for each."""
+
+    def __init__(
+        self,
+        crop_spec: CropSpec,
+        *,
+        min_detection_score: float = 0.5,
+        min_landmark_score: float = 0.5,
+        min_face_px: int = 24,
+        max_faces: int = 10,
+        num_threads: int = 1,
+    ):
+        self.crop_spec = crop_spec
+        self.detector = FaceDetector(min_score=min_detection_score, num_threads=num_threads)
+        self.mesh = FaceMesh(num_threads=num_threads)
+        self.min_landmark_score = min_landmark_score
+        self.min_face_px = min_face_px
+        self.max_faces = max_faces
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``."""
+        detections = [d for d in self.detector(rgb) if d.width >= self.min_face_px]
+        detections.sort(key=lambda d: -d.width)
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        faces = (self._face(rgb, gray, roi_from_detection(d), d) for d in detections[: self.max_faces])
+        return [f for f in faces if f is not None]
+
+    def follow(self, rgb: np.ndarray, previous: list[Face]) -> list[Face | None]:
+        """Each previous face re-measured from its landmarks; None where it was lost."""
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        followed: list[Face | None] = []
+        for face in previous:
+            if face.landmarks is None:
+                followed.append(None)
+                continue
+            found = self._face(rgb, gray, roi_from_landmarks(face.landmarks), None)
+            followed.append(found if found is not None and found.width >= self.min_face_px else None)
+        return followed
+
+    def _face(self, rgb: np.ndarray, gray: np.ndarray, roi: Roi, detection: Detection | None) -> Face | None:
+        """The face in ``roi``; without landmarks it is framed from the detection's eyes, or None."""
+        landmarks, presence = self.mesh(rgb, roi)
+        if presence >= self.min_landmark_score and np.all(np.isfinite(landmarks)):
+            right, left = eye_centres(landmarks)
+            box = np.concatenate([landmarks[:, :2].min(0), landmarks[:, :2].max(0)])
+            score = detection.score if detection is not None else presence
+        else:
+            if detection is None:
+                return None
+            landmarks = None
+            right, left = detection.keypoints[0], detection.keypoints[1]
+            box, score = detection.box, detection.score
+        crop = crop_face(gray, right, left, self.crop_spec)
+        return Face(np.asarray(box, np.float32), float(score), landmarks, crop, landmark_features(landmarks))

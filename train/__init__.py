@@ -1,0 +1,1 @@
+"""Desktop side: data loading, landmark cache, training and evaluation of the fusion model."""

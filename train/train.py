@@ -1,0 +1,203 @@
+"""Train the fusion model on FER-2013: ``python train/train.py [--flags]``.
+
+Checkpoints every epoch in ``--out`` (``last.keras`` with optimizer state, ``best.keras``
+by validation accuracy); ``--resume`` continues from ``last.keras``. The output
+``model.keras`` + ``model.card.json`` pair is what ``evaluate.py`` and ``quantize.py`` take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edge_app.emotions import fer_label_map, resolve_classes  # noqa: E402
+from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
+from train.augment import augment_batch  # noqa: E402
+from train.data import FaceDataset, load_dataset  # noqa: E402
+from train.landmark_cache import features_from_landmarks, fit_crop_spec, load_or_compute  # noqa: E402
+from train.model import BRANCHES, FACE_INPUT, LANDMARK_INPUT, build_model  # noqa: E402
+
+log = logging.getLogger("train")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=os.environ.get("FER2013_PATH", str(DEFAULT_DATA)))
+    p.add_argument("--out", default=str(ROOT / "runs" / "fusion"))
+    p.add_argument("--branch", choices=BRANCHES, default="fusion")
+    p.add_argument("--classes", nargs="*", default=None, help="class subset, e.g. happy sad surprise neutral")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.02)
+    p.add_argument("--warmup-epochs", type=float, default=2.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--labels", choices=("fer", "ferplus"), default="fer")
+    p.add_argument("--class-balance", choices=("none", "weights", "sampling"), default="none")
+    p.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192])
+    p.add_argument("--dropout", type=float, default=0.4)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--subset", type=int, default=0, help="use only this many training images (quick runs)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--cache-dir", default=str(ROOT / "cache"))
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args(argv)
+
+
+def model_inputs(dataset: FaceDataset, features: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's feed for a dataset: the raw 48x48 face in [0, 1] and the landmark features."""
+    return {FACE_INPUT: dataset.images[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features}
+
+
+def targets(dataset: FaceDataset, classes: tuple[str, ...], labels: str) -> np.ndarray:
+    onehot = np.eye(len(classes), dtype=np.float32)[dataset.labels]
+    if labels == "ferplus":
+        dist = dataset.ferplus_distribution(classes)
+        if dist is None:
+            raise SystemExit("--labels ferplus: this data has no FER+ votes")
+        has_votes = dist.sum(1) > 0
+        onehot[has_votes] = dist[has_votes]
+    return onehot
+
+
+def train_dataset(inputs: dict[str, np.ndarray], y: np.ndarray, args: argparse.Namespace) -> tf.data.Dataset:
+    def augment(x: dict[str, tf.Tensor], t: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        face, lm = augment_batch(x[FACE_INPUT], x[LANDMARK_INPUT])
+        return {FACE_INPUT: face, LANDMARK_INPUT: lm}, t
+
+    if args.class_balance == "sampling":
+        labels = y.argmax(1)
+        per_class = [
+            tf.data.Dataset.from_tensor_slices(({k: v[labels == c] for k, v in inputs.items()}, y[labels == c]))
+            .shuffle(4096, seed=args.seed + c).repeat()
+            for c in range(y.shape[1]) if (labels == c).any()
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, seed=args.seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((inputs, y)).shuffle(len(y), seed=args.seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    return ds.batch(args.batch_size, drop_remainder=True).map(augment, num_parallel_calls=2).prefetch(2)
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    counts = y.sum(0)
+    return {i: float(len(y) / (len(counts) * max(c, 1.0))) for i, c in enumerate(counts)}
+
+
+class EpochState(keras.callbacks.Callback):
+    """Saves the epoch number beside ``last.keras`` so ``--resume`` knows where to continue."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.path.write_text(json.dumps({"epoch": epoch + 1}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    keras.utils.set_random_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    classes = resolve_classes(args.classes)
+    full = load_dataset(args.data)
+    landmarks = load_or_compute(full, Path(args.cache_dir))
+    found_train = landmarks[full.splits == 0]
+    crop_spec, crop_fit = fit_crop_spec(found_train)
+    features = features_from_landmarks(landmarks)
+    data = full.with_classes(classes)
+    features = features[fer_label_map(classes)[full.labels] >= 0]
+    train_mask, val_mask = data.splits == 0, data.splits == 1
+    train_idx = np.flatnonzero(train_mask)
+    if args.subset:
+        rng = np.random.default_rng(args.seed)
+        train_idx = np.sort(rng.choice(train_idx, min(args.subset, len(train_idx)), replace=False))
+    train_set, val_set = data.select(np.isin(np.arange(len(data)), train_idx)), data.select(val_mask)
+    x_train, x_val = model_inputs(train_set, features[train_idx]), model_inputs(val_set, features[val_mask])
+    y_train = targets(train_set, classes, args.labels)
+    y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
+    steps = max(1, len(y_train) // args.batch_size)
+
+    last, best, state = out / "last.keras", out / "best.keras", out / "state.json"
+    initial_epoch = 0
+    if args.resume and last.is_file() and state.is_file():
+        model = keras.models.load_model(last)
+        initial_epoch = json.loads(state.read_text())["epoch"]
+        log.info("resuming from %s at epoch %d", last, initial_epoch)
+    else:
+        model = build_model(len(classes), branch=args.branch, widths=tuple(args.widths), dropout=args.dropout)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=args.lr / 100, decay_steps=steps * max(1, args.epochs - int(args.warmup_epochs)),
+            warmup_target=args.lr, warmup_steps=int(steps * args.warmup_epochs), alpha=0.01,
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=args.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+            metrics=["accuracy"],
+        )
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(last),
+        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(out / "history.csv", append=initial_epoch > 0),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience),
+        EpochState(state),
+    ]
+    started = time.time()
+    model.fit(
+        train_dataset(x_train, y_train, args),
+        steps_per_epoch=steps,
+        epochs=args.epochs,
+        initial_epoch=initial_epoch,
+        validation_data=(x_val, y_val),
+        class_weight=class_weights(y_train) if args.class_balance == "weights" else None,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    train_seconds = time.time() - started
+    model = keras.models.load_model(best)
+    val_accuracy = float(np.mean(model.predict(x_val, batch_size=512, verbose=0).argmax(1) == val_set.labels))
+    model.save(out / "model.keras")
+    card = {
+        "name": f"fer_{args.branch}",
+        "classes": list(classes),
+        "inputs": {
+            FACE_INPUT: {"shape": [1, CROP_SIZE, CROP_SIZE, 1], "range": [0.0, 1.0], "description": "48x48 grayscale face / 255"},
+            LANDMARK_INPUT: {"shape": [1, LANDMARK_FEATURES], "description": "edge_app.preprocess.landmark_features"},
+        },
+        "output": {"name": "probabilities", "shape": [1, len(classes)]},
+        "preprocessing": {"crop": crop_spec.to_dict(), "crop_fit": crop_fit, "landmark_features": "eye-centred-iod-level-v1"},
+        "training": {
+            "data_sha256": full.fingerprint(),
+            "data_source": Path(full.source).name,
+            "recipe": {k: v for k, v in vars(args).items() if k not in ("data", "out", "cache_dir", "resume")},
+            "gpu": gpu,
+            "train_images": int(len(y_train)),
+            "train_seconds_this_run": round(train_seconds, 1),
+        },
+        "metrics": {"validation_accuracy": round(val_accuracy, 4)},
+    }
+    (out / "model.card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps({"validation_accuracy": val_accuracy, "train_seconds": round(train_seconds, 1)}))
+
+
+if __name__ == "__main__":
+    main()
