@@ -46,10 +46,15 @@ def mediapipe_model(relative: str) -> Path:
         raise ModelLoadError(
             f"{path} is missing: this mediapipe ships no face models; install 'mediapipe>=0.10.14,<0.10.22'"
         )
+    return verified(path, KNOWN_SHA256[relative])
+
+
+def verified(path: Path, expected_sha256: str) -> Path:
+    """``path`` if its content has the expected sha256, else a ModelLoadError naming the file."""
     actual = sha256_file(path)
-    if actual != KNOWN_SHA256[relative]:
+    if actual != expected_sha256:
         raise ModelLoadError(
-            f"{path} has sha256 {actual}, expected {KNOWN_SHA256[relative]}: "
+            f"{path} has sha256 {actual}, expected {expected_sha256}: "
             "a different model version; install 'mediapipe>=0.10.14,<0.10.22'"
         )
     return path
