@@ -56,7 +56,8 @@ def main() -> None:
         "self_symmetric": int((mirror == np.arange(NUM_LANDMARKS)).sum()),
         "mirror": mirror.tolist(),
     }) + "\n")
-    print(f"wrote {OUT}: residual {residual:.4f} face widths, {int((mirror == np.arange(NUM_LANDMARKS)).sum())} on the midline")
+    midline = int((mirror == np.arange(NUM_LANDMARKS)).sum())
+    print(f"wrote {OUT}: residual {residual:.4f} face widths, {midline} on the midline")
 
 
 if __name__ == "__main__":

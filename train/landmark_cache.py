@@ -108,7 +108,9 @@ def fit_crop_spec(landmarks: np.ndarray) -> tuple[CropSpec, dict[str, float]]:
         below = -np.sin(roll) * to_centre[0] + np.cos(roll) * to_centre[1]
         sizes.append(CROP_SIZE / iod)
         offsets.append(below / iod)
-    spec = CropSpec(size_iod=round(float(np.median(sizes)), 4), centre_below_eyes_iod=round(float(np.median(offsets)), 4))
+    spec = CropSpec(
+        size_iod=round(float(np.median(sizes)), 4), centre_below_eyes_iod=round(float(np.median(offsets)), 4)
+    )
     fer_layout = landmarks[found][:, :, :2].mean(0)
     crop_layout = np.mean([crop_landmarks(lm, spec) for lm in landmarks[found]], axis=0)
     residual = float(np.linalg.norm(fer_layout - crop_layout, axis=1).mean())

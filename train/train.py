@@ -88,8 +88,7 @@ def train_dataset(inputs: dict[str, np.ndarray], y: np.ndarray, args: argparse.N
         ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, seed=args.seed)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((inputs, y)).shuffle(len(y), seed=args.seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
+        ds = tf.data.Dataset.from_tensor_slices((inputs, y)).shuffle(len(y), seed=args.seed).repeat()
     return ds.batch(args.batch_size, drop_remainder=True).map(augment, num_parallel_calls=2).prefetch(2)
 
 
@@ -180,11 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         "name": f"fer_{args.branch}",
         "classes": list(classes),
         "inputs": {
-            FACE_INPUT: {"shape": [1, CROP_SIZE, CROP_SIZE, 1], "range": [0.0, 1.0], "description": "48x48 grayscale face / 255"},
+            FACE_INPUT: {
+                "shape": [1, CROP_SIZE, CROP_SIZE, 1], "range": [0.0, 1.0], "description": "48x48 grayscale face / 255"
+            },
             LANDMARK_INPUT: {"shape": [1, LANDMARK_FEATURES], "description": "edge_app.preprocess.landmark_features"},
         },
         "output": {"name": "probabilities", "shape": [1, len(classes)]},
-        "preprocessing": {"crop": crop_spec.to_dict(), "crop_fit": crop_fit, "landmark_features": "eye-centred-iod-level-v1"},
+        "preprocessing": {
+            "crop": crop_spec.to_dict(), "crop_fit": crop_fit, "landmark_features": "eye-centred-iod-level-v1"
+        },
         "training": {
             "data_sha256": full.fingerprint(),
             "data_source": Path(full.source).name,

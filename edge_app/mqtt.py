@@ -1,0 +1,311 @@
+"""Publishing aggregated emotions over MQTT, in the style of Frigate and Home Assistant.
+
+Topics: ``<prefix>/<device>/emotions`` (one message per window), ``<prefix>/<device>/stats`` and
+``<prefix>/<device>/status`` (retained ``online``/``offline``, ``offline`` also being the last will), plus retained Home
+Assistant discovery configs. While the broker is unreachable, emotion messages wait in a bounded buffer and go out in
+order once it is back; a message counts as delivered only when the broker acknowledged it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_app.aggregate import EmotionsMessage, StatsMessage
+from edge_app.emotions import EMOTIONS
+
+log = logging.getLogger(__name__)
+
+NOT_AUTHORISED = "MQTT broker refused the connection: not authorised (check mqtt.username/mqtt.password)"
+AUTH_REASONS = {"Not authorized", "Bad user name or password"}
+
+
+class MqttError(ValueError):
+    """A publisher setting that cannot work (unreadable TLS file, device id unusable in a topic)."""
+
+
+@dataclass
+class Outgoing:
+    """One message on its way; ``seq`` is set for emotion windows, ``generation`` is the connection it went out on."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    seq: int | None = None
+    generation: int = 0
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("edge-emotion")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class MqttPublisher:
+    """Owns one paho client (network loop in its own thread) and one sender thread that keeps messages in order.
+
+    Only the sender thread calls ``publish`` on the client, so order on the wire is the order of the buffer; after a
+    reconnect, paho re-sends the unacknowledged messages first and the sender waits for their acknowledgements before
+    sending anything newer.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        host: str = "localhost",
+        port: int = 1883,
+        prefix: str = "emotion",
+        qos: int = 1,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: Any = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        tls_insecure: bool = False,
+        keepalive: int = 30,
+        buffer_size: int = 1000,
+        reconnect_min_s: float = 1,
+        reconnect_max_s: float = 60,
+        discovery: bool = True,
+        discovery_prefix: str = "homeassistant",
+        classes: Sequence[str] = EMOTIONS,
+        model: str = "edge-emotion",
+        sw_version: str | None = None,
+    ) -> None:
+        for name, value in (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix)):
+            if not value or any(c in value for c in "+#") or (name == "device.id" and "/" in value):
+                raise MqttError(f"{name}: {value!r} cannot be used in an MQTT topic")
+        self.device = device
+        self.host = host
+        self.port = port
+        self.qos = qos
+        self.classes = tuple(classes)
+        self.discovery = discovery
+        self.discovery_prefix = discovery_prefix
+        self.model = model
+        self.sw_version = sw_version or package_version()
+        self.emotions_topic = f"{prefix}/{device}/emotions"
+        self.stats_topic = f"{prefix}/{device}/stats"
+        self.status_topic = f"{prefix}/{device}/status"
+        self.connected = False
+        self.dropped = 0
+        self.last_error: str | None = None
+
+        self._cond = threading.Condition()
+        self._buffer: deque[Outgoing] = deque()
+        self._buffer_size = buffer_size
+        self._control: deque[Outgoing] = deque()
+        self._inflight: dict[int, Outgoing] = {}
+        self._acked_early: set[int] = set()
+        self._generation = 0
+        self._closing = False
+
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edge-emotion-{device}")
+        self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        if username is not None:
+            secret = password.get_secret_value() if hasattr(password, "get_secret_value") else password
+            self.client.username_pw_set(username, secret)
+        if tls:
+            self._set_tls(ca_file, cert_file, key_file, tls_insecure)
+        self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.connect_async(host, port, keepalive)
+        self.client.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    @classmethod
+    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None
+                    ) -> MqttPublisher:
+        """Build from the ``mqtt`` config section."""
+        return cls(
+            device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
+            client_id=section.client_id, username=section.username, password=section.password, tls=section.tls,
+            ca_file=section.ca_file, cert_file=section.cert_file, key_file=section.key_file,
+            tls_insecure=section.tls_insecure, keepalive=section.keepalive, buffer_size=section.buffer_size,
+            reconnect_min_s=section.reconnect_min_s, reconnect_max_s=section.reconnect_max_s,
+            discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
+            sw_version=sw_version,
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Emotion messages not yet acknowledged by the broker (waiting or in flight)."""
+        with self._cond:
+            return len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
+
+    def publish_emotions(self, message: EmotionsMessage) -> None:
+        """Queue one window; when the buffer is full the oldest waiting window is dropped and counted."""
+        outgoing = Outgoing(self.emotions_topic, message.model_dump_json().encode(), self.qos, False, message.seq)
+        with self._cond:
+            if len(self._buffer) >= self._buffer_size:
+                self._buffer.popleft()
+                self.dropped += 1
+            self._buffer.append(outgoing)
+            self._cond.notify_all()
+
+    def publish_stats(self, message: StatsMessage) -> None:
+        """Send stats now if connected; stale stats are not worth buffering."""
+        if self.connected:
+            with self._cond:
+                self._control.append(Outgoing(self.stats_topic, message.model_dump_json().encode(), 0, False))
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish the retained ``offline`` state, flush what can be flushed within ``timeout``, disconnect."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._control.append(Outgoing(self.status_topic, b"offline", 1, True))
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not (self._buffer or self._control or self._inflight),
+                                timeout=max(deadline - time.monotonic(), 0))
+            unsent = len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
+            self._closing = True
+            self._cond.notify_all()
+        if unsent:
+            log.warning("MQTT: %d emotion message(s) not delivered before shutdown", unsent)
+        self._sender.join(timeout=max(deadline - time.monotonic(), 0.1))
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def discovery_configs(self) -> dict[str, dict]:
+        """Home Assistant MQTT discovery: a dominant-emotion sensor and one percentage sensor per class."""
+        device_block = {
+            "identifiers": [f"edge_emotion_{self.device}"],
+            "name": f"Emotion sensor {self.device}",
+            "model": self.model,
+            "manufacturer": "edge-emotion",
+            "sw_version": self.sw_version,
+        }
+        common = {
+            "state_topic": self.emotions_topic,
+            "availability_topic": self.status_topic,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": device_block,
+        }
+        base = f"{self.discovery_prefix}/sensor/{self.device}"
+        configs = {
+            f"{base}/dominant_emotion/config": {
+                **common,
+                "name": "Dominant emotion",
+                "unique_id": f"{self.device}_dominant_emotion",
+                "icon": "mdi:emoticon-outline",
+                "value_template": "{{ value_json.dominant if value_json.dominant is not none else 'none' }}",
+            }
+        }
+        for name in self.classes:
+            configs[f"{base}/{name}/config"] = {
+                **common,
+                "name": name.capitalize(),
+                "unique_id": f"{self.device}_{name}",
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "suggested_display_precision": 1,
+                "value_template": f"{{{{ (value_json.emotions.{name} * 100) | round(1) }}}}",
+            }
+        return configs
+
+    def _set_tls(self, ca_file, cert_file, key_file, tls_insecure: bool) -> None:
+        for key, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
+            if path is not None and not Path(path).is_file():
+                raise MqttError(f"{key}: file not found: {path}")
+        try:
+            self.client.tls_set(ca_certs=ca_file and str(ca_file), certfile=cert_file and str(cert_file),
+                                keyfile=key_file and str(key_file))
+        except (ssl.SSLError, OSError) as err:
+            raise MqttError(f"mqtt TLS files could not be loaded: {err}") from err
+        self.client.tls_insecure_set(tls_insecure)
+
+    def _report(self, error: str) -> None:
+        if error != self.last_error:
+            log.error("%s", error)
+        self.last_error = error
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            text = NOT_AUTHORISED if str(reason) in AUTH_REASONS else f"MQTT broker refused the connection: {reason}"
+            self._report(text)
+            return
+        log.info("MQTT connected to %s:%d", self.host, self.port)
+        with self._cond:
+            self.connected = True
+            self.last_error = None
+            self._generation += 1
+            self._control.appendleft(Outgoing(self.status_topic, b"online", 1, True))
+            if self.discovery:
+                for topic, config in self.discovery_configs().items():
+                    self._control.append(Outgoing(topic, json.dumps(config).encode(), 1, True))
+            self._cond.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        error = sys.exc_info()[1]  # paho calls this from inside its ``except OSError`` block
+        if isinstance(error, ssl.SSLError):
+            self._report(f"TLS handshake with {self.host}:{self.port} failed: {error}")
+        elif error is not None:
+            self._report(f"MQTT broker {self.host}:{self.port} is not reachable: {error}")
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        with self._cond:
+            was_connected, self.connected = self.connected, False
+            # paho re-sends only QoS 1/2 messages: unacknowledged QoS 0 windows go back to the front of the buffer
+            lost = sorted((m for mid, m in self._inflight.items() if m.qos == 0), key=lambda m: m.seq or 0)
+            self._inflight = {mid: m for mid, m in self._inflight.items() if m.qos > 0}
+            self._buffer.extendleft(reversed([m for m in lost if m.seq is not None]))
+            self._cond.notify_all()
+        if was_connected and not self._closing:
+            log.warning("MQTT connection to %s:%d lost (%s); buffering", self.host, self.port, reason)
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        with self._cond:
+            if self._inflight.pop(mid, None) is None:
+                self._acked_early.add(mid)
+            self._cond.notify_all()
+
+    def _ready(self) -> bool:
+        """Something may be sent: connected, and nothing from an earlier connection still awaits its acknowledgement."""
+        if not self.connected or any(m.generation < self._generation for m in self._inflight.values()):
+            return False
+        return bool(self._control or self._buffer)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing or self._ready(), timeout=1.0)
+                if self._closing:
+                    return
+                if not self._ready():
+                    continue
+                queue = self._control if self._control else self._buffer
+                outgoing = queue.popleft()
+                outgoing.generation = self._generation
+            info = self.client.publish(outgoing.topic, outgoing.payload, outgoing.qos, outgoing.retain)
+            with self._cond:
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and outgoing.qos == 0:
+                    if outgoing.seq is not None:
+                        self._buffer.appendleft(outgoing)  # paho keeps no QoS 0 message: keep it ourselves
+                elif info.mid not in self._acked_early:
+                    self._inflight[info.mid] = outgoing
+                self._acked_early.discard(info.mid)
+                self._cond.notify_all()

@@ -1,0 +1,1 @@
+"""The shipped models (installed as the package data ``edge_app.models``)."""

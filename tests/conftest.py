@@ -1,0 +1,125 @@
+"""Shared fixtures: the FER-2013 data path and a real mosquitto broker on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+@pytest.fixture(scope="session")
+def fer_data_path() -> Path:
+    """The FER-2013 npz given by FER2013_PATH; tests that need it skip when it is not set."""
+    value = os.environ.get("FER2013_PATH")
+    if not value:
+        pytest.skip("FER-2013 not available: set FER2013_PATH to fer2013.npz")
+    path = Path(value)
+    if not path.exists():
+        pytest.skip(f"FER-2013 not available: FER2013_PATH={value} does not exist")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """A mosquitto process with its own config and persistence directory, restartable on the same port."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path, conf: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / "mosquitto.log"
+        self.config_path = workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} {self.host}",
+            "persistence true",
+            f"persistence_location {workdir}/",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # mosquitto run as root would switch to user mosquitto and lose the tmp dir
+        if "allow_anonymous" not in conf:
+            lines.append("allow_anonymous true")
+        self.config_path.write_text("\n".join(lines) + "\n" + conf + "\n")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the broker and wait until its port accepts connections."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}{log}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, so it saves persistent sessions) and wait for it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Broker]]:
+    """Factory ``mosquitto(conf="", start=True) -> Broker``; every broker it made is stopped at teardown."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    brokers: list[Broker] = []
+
+    def make(conf: str = "", start: bool = True) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), conf)
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
