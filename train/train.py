@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         verbose=1 if sys.stdout.isatty() else 2,
     )
     train_seconds = time.time() - started
-    model = keras.models.load_model(best)
+    model = keras.models.load_model(best, compile=False)  # weights only: no optimizer state in the shipped file
     val_accuracy = float(np.mean(model.predict(x_val, batch_size=512, verbose=0).argmax(1) == val_set.labels))
     model.save(out / "model.keras")
     card = {
