@@ -7,11 +7,13 @@ and test (PrivateTest).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge_app.emotions import EMOTIONS, fer_label_map
@@ -22,6 +24,19 @@ TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
 # FER+ vote columns that map onto the FER-2013 classes (contempt, unknown and NF are dropped).
 FERPLUS_COLUMNS = {"neutral": 0, "happy": 1, "surprise": 2, "sad": 3, "angry": 4, "disgust": 5, "fear": 6}
+
+
+# Kaggle's Usage column and the image-folder copy's split folder names (lower case).
+CSV_USAGES = {"training": TRAIN, "publictest": VALIDATION, "privatetest": TEST}
+SPLIT_FOLDERS = {"train": TRAIN, "training": TRAIN, "val": VALIDATION, "validation": VALIDATION,
+                 "publictest": VALIDATION, "test": TEST, "privatetest": TEST}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+FACE_SIDE = 48
+HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 0
+MAX_LOGGED_PROBLEMS = 20
+FERPLUS_FILE = "fer2013new.csv"
+FERPLUS_VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                        "unknown", "NF")
 
 
 class DataError(ValueError):
@@ -95,6 +110,160 @@ def load_npz(path: Path) -> FaceDataset:
         raise DataError(f"{path}: no usable rows")
     dataset = FaceDataset(images, labels, splits, votes, source=str(path))
     return dataset if good.all() else dataset.select(good)
+
+
+class _Skipped:
+    """Counts malformed rows or files, logging the first few by name, then a total."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.count = 0
+
+    def __call__(self, where: str, why: str) -> None:
+        self.count += 1
+        if self.count <= MAX_LOGGED_PROBLEMS:
+            log.warning("%s: %s, skipped", where, why)
+
+    def report(self, kind: str) -> None:
+        if self.count:
+            log.warning("%s: %d malformed %s(s) skipped", self.source, self.count, kind)
+
+
+def load_csv(path: str | Path) -> FaceDataset:
+    """Kaggle's ``fer2013.csv`` (columns ``emotion,pixels,Usage``; other columns are ignored).
+
+    FER+ votes are attached when ``fer2013new.csv`` lies beside it (or in ``ferplus/`` beside it).
+    """
+    path = Path(path)
+    skipped = _Skipped(path)
+    images, labels, splits, rows = [], [], [], []
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            header = [name.strip().lower() for name in next(reader, [])]
+            missing = [name for name in ("emotion", "pixels", "usage") if name not in header]
+            if missing:
+                raise DataError(f"{path}: not a FER-2013 csv: header lacks {missing}; expected emotion,pixels,Usage")
+            emotion_col, pixels_col, usage_col = (header.index(name) for name in ("emotion", "pixels", "usage"))
+            for row_number, row in enumerate(reader):
+                where = f"{path} row {row_number} (line {reader.line_num})"
+                parsed = _csv_face(row, emotion_col, pixels_col, usage_col)
+                if isinstance(parsed, str):
+                    skipped(where, parsed)
+                    continue
+                images.append(parsed[0])
+                labels.append(parsed[1])
+                splits.append(parsed[2])
+                rows.append(row_number)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read as a csv file ({exc})") from exc
+    skipped.report("row")
+    if not images:
+        raise DataError(f"{path}: no usable rows")
+    votes = _ferplus_votes(path, np.asarray(rows), row_number + 1)
+    return FaceDataset(np.stack(images), np.asarray(labels, np.int64), np.asarray(splits, np.uint8), votes, str(path))
+
+
+def _csv_face(row: list[str], emotion_col: int, pixels_col: int, usage_col: int) -> tuple | str:
+    """(image, label, split) from one csv row, or why the row cannot be used."""
+    if len(row) <= max(emotion_col, pixels_col, usage_col):
+        return f"has {len(row)} column(s), expected at least {max(emotion_col, pixels_col, usage_col) + 1}"
+    label, usage = row[emotion_col].strip(), row[usage_col].strip()
+    if label not in {str(i) for i in range(len(EMOTIONS))}:
+        return f"unknown emotion label {label!r}, expected 0-{len(EMOTIONS) - 1}"
+    if usage.lower() not in CSV_USAGES:
+        return f"unknown Usage {usage!r}, expected Training, PublicTest or PrivateTest"
+    values = row[pixels_col].split()
+    if len(values) != FACE_SIDE * FACE_SIDE:
+        return f"has {len(values)} pixel values, expected {FACE_SIDE * FACE_SIDE}"
+    try:
+        pixels = np.asarray(values, dtype=np.int64)
+    except ValueError:
+        return "pixels are not all whole numbers"
+    if pixels.min() < 0 or pixels.max() > 255:
+        return "pixel values outside 0-255"
+    return pixels.astype(np.uint8).reshape(FACE_SIDE, FACE_SIDE), int(label), CSV_USAGES[usage.lower()]
+
+
+def _ferplus_votes(csv_path: Path, rows: np.ndarray, total_rows: int) -> np.ndarray | None:
+    """FER+ vote counts for the kept ``rows`` of the csv, or None when no (matching) fer2013new.csv is there."""
+    candidates = [csv_path.parent / FERPLUS_FILE, csv_path.parent / "ferplus" / FERPLUS_FILE]
+    ferplus = next((c for c in candidates if c.is_file() and c.resolve() != csv_path.resolve()), None)
+    if ferplus is None:
+        return None
+    try:
+        with ferplus.open(newline="", encoding="utf-8") as file:
+            reader = csv.reader(file)
+            header = [name.strip() for name in next(reader, [])]
+            columns = [header.index(name) for name in FERPLUS_VOTE_COLUMNS]
+            votes = np.array([[int(row[c]) for c in columns] for row in reader], dtype=np.int64)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, IndexError) as exc:
+        log.warning("%s: not a FER+ vote file (%s); continuing without FER+ votes", ferplus, exc)
+        return None
+    if len(votes) != total_rows or votes.min(initial=0) < 0 or votes.max(initial=0) > 255:
+        log.warning("%s: %d vote rows for %d csv rows (or votes outside 0-255); continuing without FER+ votes",
+                    ferplus, len(votes), total_rows)
+        return None
+    log.info("%s: FER+ votes attached", ferplus)
+    return votes[rows].astype(np.uint8)
+
+
+def load_image_folder(path: str | Path) -> FaceDataset:
+    """An image-folder copy: ``train/<class>/*.png|jpg|jpeg``, ``test/<class>/...``, optionally ``val/<class>/...``.
+
+    Split and class folder names are case-insensitive; a class folder is an emotion name or its FER-2013 label
+    (0-6). Images become 48x48 grayscale. Without a validation folder, a stratified, seeded 10% of train is held out.
+    """
+    path = Path(path)
+    skipped = _Skipped(path)
+    images, labels, splits = [], [], []
+    split_dirs = sorted(d for d in path.iterdir() if d.is_dir() and d.name.lower() in SPLIT_FOLDERS)
+    if not split_dirs:
+        raise DataError(f"{path}: no split folders; expected train/<class>/ and test/<class>/ (and optionally val/)")
+    for split_dir in split_dirs:
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
+            label = _folder_label(class_dir.name)
+            if label is None:
+                log.warning("%s: not an emotion class folder (expected one of %s or 0-6), skipped",
+                            class_dir, ", ".join(EMOTIONS))
+                continue
+            for file in sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+                image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+                if image is None or image.size == 0:
+                    skipped(str(file), "not a readable image")
+                    continue
+                if image.shape != (FACE_SIDE, FACE_SIDE):
+                    image = cv2.resize(image, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_AREA)
+                images.append(image)
+                labels.append(label)
+                splits.append(SPLIT_FOLDERS[split_dir.name.lower()])
+    skipped.report("image")
+    if not images:
+        raise DataError(f"{path}: no usable images in {[d.name for d in split_dirs]}")
+    dataset = FaceDataset(np.stack(images), np.asarray(labels, np.int64), np.asarray(splits, np.uint8),
+                          source=str(path))
+    if not (dataset.splits == VALIDATION).any():
+        dataset.splits = _hold_out(dataset.labels, dataset.splits)
+    log.info("%s: %d train, %d validation, %d test images", path,
+             *(int((dataset.splits == split).sum()) for split in (TRAIN, VALIDATION, TEST)))
+    return dataset
+
+
+def _folder_label(name: str) -> int | None:
+    name = name.strip().lower()
+    if name in EMOTIONS:
+        return EMOTIONS.index(name)
+    return int(name) if name.isdigit() and int(name) < len(EMOTIONS) else None
+
+
+def _hold_out(labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """Move a stratified, seeded 10% of each class's training rows into validation."""
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    splits = splits.copy()
+    for label in range(len(EMOTIONS)):
+        rows = np.flatnonzero((splits == TRAIN) & (labels == label))
+        splits[rng.permutation(rows)[: int(round(HOLDOUT_FRACTION * len(rows)))]] = VALIDATION
+    return splits
 
 
 def load_dataset(path: str | Path) -> FaceDataset:

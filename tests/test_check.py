@@ -1,0 +1,111 @@
+"""`edge-emotion check` in both modes, on the tiny converted model and small real data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skimage_data
+from test_quantize import tiny_model  # noqa: F401 (session fixture: one tiny model for all modules)
+
+from edge_app import check
+from edge_app.config import load_config
+
+
+def run_check(argv: list[str], model: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict | None, str]:
+    parser = argparse.ArgumentParser()
+    check.add_arguments(parser)
+    config = load_config(overrides=[f"model.path={model}"], env={})
+    code = check.main(parser.parse_args(argv), config)
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) <= 1, "check prints one JSON object"
+    return code, json.loads(lines[0]) if lines else None, err
+
+
+def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:  # noqa: F811
+    code, result, _ = run_check(["--data", str(tiny_model["data"]), "--split", "test", "--tolerance", "3"],
+                                tiny_model["int8"], capsys)
+    report = json.loads(tiny_model["report"].read_text())
+    assert result["n"] == report["n"]
+    assert result["expected_accuracy"] == report["int8_accuracy"]
+    # Landmarks computed here in float32, for conversion from the float16 cache: a few faces may flip.
+    assert abs(result["accuracy"] - report["int8_accuracy"]) <= 0.02
+    assert result["delta"] == pytest.approx(result["accuracy"] - result["expected_accuracy"], abs=1e-4)
+    assert 0 < result["macro_f1"] <= 1 and result["ms_per_image"] > 0
+    assert result["delegate"] == "cpu" and result["model"] == "fer_fusion_int8.tflite"
+    assert code == 0 and result["passed"] is True
+
+
+def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, caplog) -> None:  # noqa: F811
+    models = Path(shutil.copytree(tiny_model["models"], tmp_path / "models"))
+    card_path = models / "fer_fusion.card.json"
+    card = json.loads(card_path.read_text())
+    card["files"]["int8"]["accuracy"] = 0.99
+    card_path.write_text(json.dumps(card))
+    with caplog.at_level(logging.ERROR):
+        code, result, _ = run_check(["--data", str(tiny_model["data"]), "--limit", "50", "--tolerance", "1"],
+                                    models / "fer_fusion_int8.tflite", capsys)
+    assert result["n"] == 50 and result["expected_accuracy"] == 0.99
+    assert code == 1 and result["passed"] is False and result["delta"] < -0.01
+    assert any("below the model card's 99.00% (tolerance 1.00 points)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """happy/astronaut.jpg (a real smiling face), happy/notes.jpg (text, not an image), contempt/ (no such class)."""
+    root = tmp_path / "photos"
+    (root / "happy").mkdir(parents=True)
+    (root / "contempt").mkdir()
+    cv2.imwrite(str(root / "happy" / "astronaut.jpg"), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    (root / "happy" / "notes.jpg").write_text("this is not a picture")
+    shutil.copyfile(root / "happy" / "astronaut.jpg", root / "contempt" / "astronaut.jpg")
+    return root
+
+
+def test_full_pipeline_on_a_photo_folder(tiny_model, photo_folder, capsys, caplog) -> None:  # noqa: F811
+    with caplog.at_level(logging.WARNING):
+        code, result, _ = run_check(["--full-pipeline", "--data", str(photo_folder)], tiny_model["int8"], capsys)
+    assert result["mode"] == "full-pipeline"
+    assert result["n"] == 2  # contempt/ is not a class of the model
+    assert result["face_found_rate"] == 0.5 and result["unreadable"] == 1
+    assert result["accuracy"] in (0.0, 0.5)  # the unreadable photo counts as wrong
+    assert result["pipeline_ms_per_image"] > 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("notes.jpg: not a readable image; counted as wrong" in m for m in messages)
+    assert any("contempt: not a class of the model" in m for m in messages)
+    assert code == (0 if result["passed"] else 1)
+    assert result["passed"] == (100 * result["delta"] >= -1.0)
+
+
+def test_full_pipeline_on_an_npz_counts_a_photo_without_face_as_wrong(tiny_model, tmp_path, capsys) -> None:  # noqa: F811
+    astronaut = skimage_data.astronaut()
+    blank = np.full_like(astronaut, 128)
+    path = tmp_path / "photos.npz"
+    np.savez(path, images=np.stack([astronaut, blank]), emotion=np.array([3, 6]))
+    code, result, _ = run_check(["--full-pipeline", "--data", str(path)], tiny_model["int8"], capsys)
+    assert result["n"] == 2 and result["face_found_rate"] == 0.5 and result["unreadable"] == 0
+    assert result["accuracy"] in (0.0, 0.5)
+
+
+def test_bad_data_is_named_without_a_traceback(tiny_model, tmp_path, capsys) -> None:  # noqa: F811
+    missing = tmp_path / "nowhere.npz"
+    code, result, err = run_check(["--data", str(missing)], tiny_model["int8"], capsys)
+    assert code == 2 and result is None and f"{missing}: no such file or directory" in err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 10, 10), np.uint8), emotion=np.array([3, 6]))
+    code, result, err = run_check(["--full-pipeline", "--data", str(bad)], tiny_model["int8"], capsys)
+    assert code == 2 and "expected (N, H, W, 3) uint8" in err
+
+
+def test_macro_f1_matches_its_definition() -> None:
+    labels = np.array([0, 0, 1, 1, 2])
+    predictions = np.array([0, 1, 1, 1, -1])  # -1: no face found
+    # class 0: P=1, R=.5 -> 2/3; class 1: P=2/3, R=1 -> .8; class 2: 0
+    assert check.macro_f1(labels, predictions, 3) == pytest.approx((2 / 3 + 0.8 + 0) / 3)
