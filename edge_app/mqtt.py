@@ -90,7 +90,8 @@ class MqttPublisher:
         model: str = "edge-emotion",
         sw_version: str | None = None,
     ) -> None:
-        for name, value in (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix)):
+        topic_parts = (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix))
+        for name, value in topic_parts:
             if not value or any(c in value for c in "+#") or (name == "device.id" and "/" in value):
                 raise MqttError(f"{name}: {value!r} cannot be used in an MQTT topic")
         self.device = device
