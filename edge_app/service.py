@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until stopped)")
     parser.add_argument("--max-windows", type=int, default=0, help="stop after publishing this many windows")
 
 
