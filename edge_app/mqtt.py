@@ -25,6 +25,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage
+from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,8 @@ class MqttPublisher:
         return configs
 
     def _set_tls(self, ca_file, cert_file, key_file, tls_insecure: bool) -> None:
+        if ca_file == SYSTEM_CA:
+            ca_file = None  # paho then verifies against the operating system's trust store
         for key, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
             if path is not None and not Path(path).is_file():
                 raise MqttError(f"{key}: file not found: {path}")

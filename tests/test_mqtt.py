@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import NOT_AUTHORISED, MqttPublisher
+from edge_app.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
@@ -293,3 +293,13 @@ def test_tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused_clearly(mosqui
     assert wait_until(lambda: bad.last_error is not None, timeout=5)
     assert bad.last_error.startswith(f"TLS handshake with {broker.host}:{broker.port} failed: ")
     assert not bad.connected
+
+
+def test_system_trust_store_is_accepted_and_a_missing_ca_file_is_named(tmp_path):
+    settings = dict(device="cam", host="127.0.0.1", port=9, prefix="emotion", qos=1, client_id=None, username=None,
+                    password=None, tls=True, cert_file=None, key_file=None, tls_insecure=False, keepalive=30,
+                    buffer_size=4, reconnect_min_s=1, reconnect_max_s=2, discovery=False,
+                    discovery_prefix="homeassistant")
+    MqttPublisher(ca_file="system", **settings).close(timeout=0.5)
+    with pytest.raises(MqttError, match="mqtt.ca_file: file not found: .*nope.pem"):
+        MqttPublisher(ca_file=str(tmp_path / "nope.pem"), **settings)
