@@ -74,9 +74,8 @@ def progress(items: Any, total: int, desc: str) -> Any:
 
 
 def check_faces(args: argparse.Namespace, classifier: EmotionClassifier) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Labels and predictions for 48x48 faces, landmarks found as ``train/landmark_cache.py`` finds them."""
+    """Labels and predictions for 48x48 faces, landmarks found as the training landmark cache finds them."""
     from train.data import DataError, load_dataset
-    from train.landmark_cache import _landmarks_of as landmarks_of_fer_face
 
     data = load_dataset(args.data)
     if args.split != "all":
@@ -86,9 +85,10 @@ def check_faces(args: argparse.Namespace, classifier: EmotionClassifier) -> tupl
         data = data.select(np.arange(len(data)) < args.limit)
     if len(data) == 0:
         raise DataError(f"{args.data}: no faces of classes {list(classifier.classes)} in split {args.split!r}")
+    pipeline = FacePipeline(classifier.crop_spec, min_face_px=0, max_faces=1)
     predictions, times = np.empty(len(data), np.int64), []
     for i, image in enumerate(progress(data.images, len(data), "check")):
-        features = landmark_features(landmarks_of_fer_face(image))
+        features = landmark_features(pipeline.small_face_landmarks(image))
         predictions[i] = classifier.predict(image, features).argmax()
         times.append(classifier.last_ms)
     return data.labels, predictions, {"ms_per_image": mean_ms(times)}

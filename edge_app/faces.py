@@ -12,8 +12,13 @@ import cv2
 import numpy as np
 
 from edge_app.face_detection import Detection, FaceDetector
-from edge_app.face_mesh import FaceMesh, Roi, roi_from_detection, roi_from_landmarks
-from edge_app.preprocess import CropSpec, crop_face, eye_centres, landmark_features
+from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
+
+# A 48x48 training face is upscaled for Face Mesh, and given a replicated border: FER-2013 faces fill the
+# frame, and the detector finds more of them with some context around them (95% instead of 90%).
+SMALL_FACE_UPSCALE = 192
+SMALL_FACE_BORDER = 64
 
 
 @dataclass
@@ -99,6 +104,21 @@ class FacePipeline:
             found = self._face(rgb, gray, roi_from_landmarks(face.landmarks), None)
             followed.append(found if found is not None and found.width >= self.min_face_px else None)
         return followed
+
+    def small_face_landmarks(self, gray: np.ndarray) -> np.ndarray:
+        """Landmarks (468, 3) of an already cropped 48x48 face, in its pixels; NaN where none were found.
+
+        Training (the landmark cache) and ``edge-emotion check`` both measure FER-2013 faces with this.
+        """
+        big = cv2.resize(gray, (SMALL_FACE_UPSCALE, SMALL_FACE_UPSCALE), interpolation=cv2.INTER_CUBIC)
+        border = SMALL_FACE_BORDER
+        big = cv2.copyMakeBorder(big, border, border, border, border, cv2.BORDER_REPLICATE)
+        faces = self.detect(cv2.cvtColor(big, cv2.COLOR_GRAY2RGB))
+        if not faces or faces[0].landmarks is None:
+            return np.full((NUM_LANDMARKS, 3), np.nan, np.float32)
+        points = faces[0].landmarks.copy()
+        points[:, :2] -= border
+        return points * (CROP_SIZE / SMALL_FACE_UPSCALE)
 
     def _face(self, rgb: np.ndarray, gray: np.ndarray, roi: Roi, detection: Detection | None) -> Face | None:
         """The face in ``roi``; without landmarks it is framed from the detection's eyes, or None."""

@@ -18,23 +18,19 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_app.face_mesh import NUM_LANDMARKS  # noqa: E402
-from edge_app.faces import FacePipeline  # noqa: E402
+from edge_app.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
 from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
 from train.data import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-UPSCALE = 192  # FER faces are 48x48: Face Mesh needs more pixels
-BORDER = 64  # FER faces fill the frame; the detector finds more faces with some context around them
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = ROOT / "cache"
 
@@ -42,24 +38,17 @@ _pipeline: FacePipeline | None = None
 
 
 def _landmarks_of(image: np.ndarray) -> np.ndarray:
-    """(468, 3) landmarks in 48x48 coordinates, NaN when no face / no landmarks were found."""
+    """One worker's call: the pipeline (its TFLite interpreters) is made once per process."""
     global _pipeline
     if _pipeline is None:
         _pipeline = FacePipeline(CropSpec(), min_face_px=0, max_faces=1)
-    big = cv2.resize(image, (UPSCALE, UPSCALE), interpolation=cv2.INTER_CUBIC)
-    big = cv2.copyMakeBorder(big, BORDER, BORDER, BORDER, BORDER, cv2.BORDER_REPLICATE)
-    faces = _pipeline.detect(cv2.cvtColor(big, cv2.COLOR_GRAY2RGB))
-    if not faces or faces[0].landmarks is None:
-        return np.full((NUM_LANDMARKS, 3), np.nan, np.float32)
-    points = faces[0].landmarks.copy()
-    points[:, :2] -= BORDER
-    return points * (CROP_SIZE / UPSCALE)
+    return _pipeline.small_face_landmarks(image)
 
 
 def cache_path(dataset: FaceDataset, cache_dir: Path) -> Path:
     key = hashlib.sha256(
         f"{dataset.fingerprint()}|{KNOWN_SHA256[FACE_DETECTOR]}|{KNOWN_SHA256[FACE_LANDMARKER]}|"
-        f"{UPSCALE}|{BORDER}|{CACHE_VERSION}".encode()
+        f"{SMALL_FACE_UPSCALE}|{SMALL_FACE_BORDER}|{CACHE_VERSION}".encode()
     ).hexdigest()[:16]
     return cache_dir / f"landmarks-{key}.npz"
 
