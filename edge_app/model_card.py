@@ -7,7 +7,6 @@ preprocessing parameters from the card and refuses a model file the card does no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -16,6 +15,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edge_app.mediapipe_assets import sha256_file
 from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec
 from edge_app.runtime import ModelLoadError
 
@@ -99,19 +99,11 @@ class ModelCard(BaseModel):
         path.write_text(json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe_file(path: Path, card_dir: Path, accuracy: float | None = None) -> CardFile:
     """A card entry for ``path`` (its name relative to the card's directory, sha256 and size)."""
     return CardFile(
         file=Path(path).resolve().relative_to(card_dir.resolve()).as_posix(),
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         size_bytes=Path(path).stat().st_size,
         accuracy=accuracy,
     )
@@ -182,7 +174,7 @@ def verify(
     if found is None:
         raise ModelError(f"{model_path} is not listed in its model card ({card.name}): re-run convert/quantize.py")
     kind, entry = found
-    actual = file_sha256(model_path)
+    actual = sha256_file(model_path)
     if actual != entry.sha256:
         raise ModelError(
             f"{model_path} does not match its card (sha256 {actual[:12]}..., card says {entry.sha256[:12]}...): "

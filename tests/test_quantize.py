@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.model_card import file_sha256, load_card
+from edge_app.mediapipe_assets import sha256_file
+from edge_app.model_card import load_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, VALIDATION_PER_CLASS, TEST_PER_CLASS = 80, 10, 40
@@ -98,7 +99,7 @@ def test_card_lists_every_file_with_its_checksum(tiny_model: dict[str, Path]) ->
     assert set(card.files) == {"keras", "int8", "float16", "edgetpu_ready"}
     for entry in card.files.values():
         path = tiny_model["models"] / entry.file
-        assert file_sha256(path) == entry.sha256
+        assert sha256_file(path) == entry.sha256
         assert path.stat().st_size == entry.size_bytes
     assert card.files["int8"].accuracy == report["int8_accuracy"]
     assert card.files["keras"].accuracy == report["float_accuracy"]
