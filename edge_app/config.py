@@ -217,7 +217,7 @@ class LoggingConfig(Section):
 class TrainConfig(Section):
     data: Optional[str] = None  # None: $FER2013_PATH, else ../shared/data/fer2013.npz
     classes: ClassSubset = None  # None: all seven
-    epochs: int = Field(30, ge=1, strict=True)
+    epochs: int = Field(26, ge=1, strict=True)
     batch_size: int = Field(128, ge=1, strict=True)
     lr: float = Field(2e-3, gt=0, strict=True)
     weight_decay: float = Field(0.02, ge=0, strict=True)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from edge_app.config import ConfigError, load_config  # noqa: E402
 from edge_app.emotions import fer_label_map, resolve_classes  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
 from train.augment import augment_batch  # noqa: E402
@@ -35,24 +36,35 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.environ.get("FER2013_PATH", str(DEFAULT_DATA)))
+    """Flags; their defaults come from the ``train:`` section of config.yaml (``--config``, ``--set``)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        settings = load_config(known.config, known.set).train
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], parents=[pre], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", default=settings.data or os.environ.get("FER2013_PATH", str(DEFAULT_DATA)))
     p.add_argument("--out", default=str(ROOT / "runs" / "fusion"))
     p.add_argument("--branch", choices=BRANCHES, default="fusion")
-    p.add_argument("--classes", nargs="*", default=None, help="class subset, e.g. happy sad surprise neutral")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=0.02)
-    p.add_argument("--warmup-epochs", type=float, default=2.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--labels", choices=("fer", "ferplus"), default="fer")
-    p.add_argument("--class-balance", choices=("none", "weights", "sampling"), default="none")
-    p.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192])
-    p.add_argument("--dropout", type=float, default=0.4)
-    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--classes", nargs="*", default=settings.classes, help="class subset, e.g. happy sad neutral")
+    p.add_argument("--epochs", type=int, default=settings.epochs)
+    p.add_argument("--batch-size", type=int, default=settings.batch_size)
+    p.add_argument("--lr", type=float, default=settings.lr)
+    p.add_argument("--weight-decay", type=float, default=settings.weight_decay)
+    p.add_argument("--warmup-epochs", type=float, default=settings.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=settings.label_smoothing)
+    p.add_argument("--labels", choices=("fer", "ferplus"), default=settings.labels)
+    p.add_argument("--class-balance", choices=("none", "weights", "sampling"), default=settings.class_balance)
+    p.add_argument("--widths", type=int, nargs="+", default=settings.widths)
+    p.add_argument("--dropout", type=float, default=settings.dropout)
+    p.add_argument("--patience", type=int, default=settings.patience)
     p.add_argument("--subset", type=int, default=0, help="use only this many training images (quick runs)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
@@ -191,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         "training": {
             "data_sha256": full.fingerprint(),
             "data_source": Path(full.source).name,
-            "recipe": {k: v for k, v in vars(args).items() if k not in ("data", "out", "cache_dir", "resume")},
+            "recipe": {
+                k: v for k, v in vars(args).items() if k not in ("data", "out", "cache_dir", "resume", "config", "set")
+            },
             "gpu": gpu,
             "train_images": int(len(y_train)),
             "train_seconds_this_run": round(train_seconds, 1),
