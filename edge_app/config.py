@@ -430,6 +430,12 @@ def _shown(value: Any, secret: bool = False) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _printable(key: object) -> str:
+    """A key as it can appear in a one-line message: control characters escaped."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
     errors = exc.errors(include_url=False)
     message = _describe(errors[0])
@@ -445,7 +451,8 @@ def _describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str
 
 def _describe(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
-    path = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in loc).lstrip(".") or "(top level)"
+    path = "".join(f"[{key}]" if isinstance(key, int) else f".{_printable(key)}" for key in loc).lstrip(".")
+    path = path or "(top level)"
     kind = error["type"]
     if kind == "config_rule":
         return f"{path}.{error['ctx']['key']}: {error['ctx']['message']}"

@@ -204,3 +204,11 @@ def test_cli_dispatches_with_global_options_before_or_after_the_subcommand(recor
 def test_cli_names_a_subcommand_missing_from_this_build(recording_subcommand, capsys) -> None:
     assert cli.main(["annotate"]) == 2
     assert capsys.readouterr().err.strip() == "error: subcommand annotate is not available in this build"
+
+
+def test_a_key_with_control_characters_still_gives_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text('device:\n  "a\\nb": 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("device.a\\nb: unknown key")
