@@ -31,6 +31,7 @@ from edge_app.emotions import EMOTIONS
 log = logging.getLogger(__name__)
 
 NOT_AUTHORISED = "MQTT broker refused the connection: not authorised (check mqtt.username/mqtt.password)"
+MAX_INFLIGHT = 20  # unacknowledged messages on the wire; the rest wait in the bounded buffer
 AUTH_REASONS = {"Not authorized", "Bad user name or password"}
 
 
@@ -62,7 +63,8 @@ class MqttPublisher:
 
     Only the sender thread calls ``publish`` on the client, so order on the wire is the order of the buffer; after a
     reconnect, paho re-sends the unacknowledged messages first and the sender waits for their acknowledgements before
-    sending anything newer.
+    sending anything newer. At most ``MAX_INFLIGHT`` messages await an acknowledgement, so a broker that stops
+    answering without closing the connection cannot make memory grow past the bounded buffer.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class MqttPublisher:
         if tls:
             self._set_tls(ca_file, cert_file, key_file, tls_insecure)
         self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self.client.max_inflight_messages_set(MAX_INFLIGHT)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -175,9 +178,14 @@ class MqttPublisher:
                 self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Publish the retained ``offline`` state, flush what can be flushed within ``timeout``, disconnect."""
+        """Publish the retained ``offline`` state, flush what can be flushed within ``timeout``, disconnect.
+
+        A second call does nothing.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
+            if self._closing:
+                return
             self._control.append(Outgoing(self.status_topic, b"offline", 1, True))
             self._cond.notify_all()
             self._cond.wait_for(lambda: not (self._buffer or self._control or self._inflight),
@@ -288,8 +296,10 @@ class MqttPublisher:
             self._cond.notify_all()
 
     def _ready(self) -> bool:
-        """Something may be sent: connected, and nothing from an earlier connection still awaits its acknowledgement."""
-        if not self.connected or any(m.generation < self._generation for m in self._inflight.values()):
+        """Something may be sent: connected, under ``MAX_INFLIGHT`` unacknowledged, none left from an old connection."""
+        if not self.connected or len(self._inflight) >= MAX_INFLIGHT:
+            return False
+        if any(m.generation < self._generation for m in self._inflight.values()):
             return False
         return bool(self._control or self._buffer)
 

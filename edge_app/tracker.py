@@ -61,7 +61,7 @@ class Tracker:
         self.iou_match = iou_match
         self.max_missed_frames = max_missed_frames
         self.ema_alpha = ema_alpha
-        self.tracks: list[Track] = []
+        self.active: list[Track] = []  # live tracks, matched or missed for at most max_missed_frames
         self._next_id = 1
 
     @classmethod
@@ -77,23 +77,23 @@ class Tracker:
         if len(boxes) != len(probabilities):
             raise ValueError(f"got {len(boxes)} boxes but {len(probabilities)} probability vectors")
         assigned: list[Track | None] = [None] * len(boxes)
-        if self.tracks and len(boxes):
-            overlap = iou_matrix(boxes, np.stack([t.box for t in self.tracks]))
+        if self.active and len(boxes):
+            overlap = iou_matrix(boxes, np.stack([t.box for t in self.active]))
             for flat in np.argsort(overlap, axis=None)[::-1]:
                 face, track = np.unravel_index(flat, overlap.shape)
                 if overlap[face, track] < self.iou_match or overlap[face, track] <= 0:
                     break
-                if assigned[face] is None and not any(a is self.tracks[track] for a in assigned):
-                    assigned[face] = self.tracks[track]
-        for track in self.tracks:
+                if assigned[face] is None and not any(a is self.active[track] for a in assigned):
+                    assigned[face] = self.active[track]
+        for track in self.active:
             if not any(a is track for a in assigned):
                 track.missed += 1
-        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed_frames]
+        self.active = [t for t in self.active if t.missed <= self.max_missed_frames]
         for i, track in enumerate(assigned):
             if track is None:
                 assigned[i] = Track(self._next_id, boxes[i].copy(), probabilities[i].copy(), now, now)
                 self._next_id += 1
-                self.tracks.append(assigned[i])
+                self.active.append(assigned[i])
             else:
                 track.box = boxes[i].copy()
                 track.smoothed = self.ema_alpha * probabilities[i] + (1.0 - self.ema_alpha) * track.smoothed

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
+from edge_app.config import AggregateConfig
 from edge_app.emotions import EMOTIONS
 from edge_app.tracker import Tracker
 
@@ -108,3 +109,21 @@ def test_stats_schema_rejects_extra_fields():
 def test_a_bad_window_length_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="aggregate.window_s"):
         WindowAggregator(EMOTIONS, 0.0, "cam1")
+
+
+def test_a_serialised_window_has_exactly_the_schema_keys():
+    payload = valid_payload()
+    assert set(payload) == {"seq", "ts", "device", "window_s", "frames", "fps", "faces", "tracks_seen", "emotions",
+                            "dominant", "tracks"}
+    assert set(payload["emotions"]) == set(EMOTIONS)
+    (track,) = payload["tracks"]
+    assert set(track) == {"id", "dominant", "confidence", "probabilities", "seconds_seen"}
+    assert set(track["probabilities"]) == set(EMOTIONS)
+    numbers = [*payload["emotions"].values(), *track["probabilities"].values(), track["confidence"]]
+    assert all(isinstance(value, float) for value in numbers)
+
+
+def test_window_length_comes_from_the_aggregate_section():
+    aggregator = WindowAggregator.from_config(AggregateConfig(window_s=2.5), EMOTIONS, "cam1", now=0.0)
+    assert not aggregator.due(2.4) and aggregator.due(2.5)
+    assert aggregator.flush(2.5).window_s == 2.5

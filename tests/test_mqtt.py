@@ -18,8 +18,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
+from edge_app.config import MqttConfig
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
+from edge_app.mqtt import MAX_INFLIGHT, NOT_AUTHORISED, MqttError, MqttPublisher
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
@@ -143,9 +144,11 @@ def test_topics_retained_status_discovery_and_payload_shapes(mosquitto, clients)
     assert all(retain for _, _, retain in late.messages)
 
     pub.close(timeout=2.0)
-    clients.remove(pub)
     assert sub.wait_for(lambda: sub.on("emotion/testcam/status")[-1] == b"offline")
     assert not pub.buffered
+    started = time.monotonic()
+    pub.close(timeout=2.0)
+    assert time.monotonic() - started < 0.5, "a second close returns at once"
 
 
 def test_last_will_marks_offline_when_the_process_is_killed(mosquitto, clients):
@@ -239,6 +242,33 @@ def test_unacknowledged_messages_are_resent_before_newer_ones(mosquitto, clients
     assert wait_until(lambda: pub.buffered == 0)
 
 
+def test_a_broker_that_stops_answering_holds_at_most_max_inflight_and_the_buffer(mosquitto, clients):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"])
+    pub = publisher(clients, broker, discovery=False, buffer_size=3)
+    first, *messages = windows(1 + MAX_INFLIGHT + 5)
+    pub.publish_emotions(first)  # acknowledged after "online", so nothing is in flight once it is
+    assert sub.wait_for(lambda: sub.seqs("emotion/testcam/emotions") == [1])
+    assert wait_until(lambda: pub.buffered == 0 and not pub._inflight)
+    broker.process.send_signal(signal.SIGSTOP)  # connection open, nothing acknowledged
+    try:
+        for message in messages[:MAX_INFLIGHT]:
+            pub.publish_emotions(message)
+            assert wait_until(lambda: not pub._buffer, timeout=5), f"window {message.seq} not sent"
+        for message in messages[MAX_INFLIGHT:]:
+            pub.publish_emotions(message)
+        time.sleep(0.2)  # the sender must not take more off the buffer
+        assert (len(pub._inflight), len(pub._buffer), pub.dropped) == (MAX_INFLIGHT, 3, 2)
+        assert pub.buffered == MAX_INFLIGHT + 3
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    expected = [*range(1, MAX_INFLIGHT + 2), MAX_INFLIGHT + 4, MAX_INFLIGHT + 5, MAX_INFLIGHT + 6]
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == len(expected)), \
+        sub.seqs("emotion/testcam/emotions")
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), expected)
+    assert wait_until(lambda: pub.buffered == 0)
+
+
 def test_full_buffer_drops_oldest_and_counts(mosquitto, clients):
     broker = mosquitto()
     sub = subscriber(clients, broker, ["emotion/testcam/emotions"], persistent=True)
@@ -259,9 +289,14 @@ def test_password_file_refuses_a_wrong_password_with_a_clear_error(mosquitto, cl
                    capture_output=True)
     broker = mosquitto(f"allow_anonymous false\npassword_file {passwords}")
     caplog.set_level(logging.DEBUG)
-    wrong = publisher(clients, broker, username="sensor", password="wrong-secret-123", client_id="wrong")
+    section = MqttConfig(host=broker.host, port=broker.port, username="sensor", password="wrong-secret-123",
+                         client_id="wrong", reconnect_min_s=0.1, reconnect_max_s=0.5)
+    wrong = MqttPublisher.from_config(section, "testcam")  # the password arrives as a pydantic SecretStr
+    clients.append(wrong)
     assert wait_until(lambda: wrong.last_error is not None, timeout=5)
     assert wrong.last_error == NOT_AUTHORISED and not wrong.connected
+    time.sleep(0.5)  # several refused reconnects: the error is logged once, not once per attempt
+    assert caplog.text.count(NOT_AUTHORISED) == 1
     right = publisher(clients, broker, username="sensor", password="right-secret", client_id="right")
     assert wait_until(lambda: right.connected), right.last_error
     assert "wrong-secret-123" not in caplog.text and "right-secret" not in caplog.text

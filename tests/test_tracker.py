@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from edge_app.config import TrackingConfig
 from edge_app.tracker import Track, Tracker, iou_matrix
 
 LEFT = np.array([10.0, 10.0, 110.0, 110.0])
@@ -37,10 +38,11 @@ def test_a_lost_face_expires_after_max_missed_frames_and_its_id_is_never_reused(
     tracker.update([LEFT], [HAPPY], now=0.0)
     tracker.update([], np.empty((0, 7)), now=0.1)
     tracker.update([], np.empty((0, 7)), now=0.2)
+    assert [(t.id, t.missed) for t in tracker.active] == [(1, 2)]
     assert [t.id for t in tracker.update([LEFT], [HAPPY], now=0.3)] == [1], "still within max_missed_frames"
     for i in range(3):
         tracker.update([], np.empty((0, 7)), now=0.4 + i / 10)
-    assert tracker.tracks == []
+    assert tracker.active == []
     assert [t.id for t in tracker.update([LEFT], [HAPPY], now=1.0)] == [2]
 
 
@@ -79,3 +81,8 @@ def test_bad_settings_name_the_key(options, key):
 def test_mismatched_boxes_and_probabilities_are_an_error():
     with pytest.raises(ValueError, match="2 boxes but 1 probability"):
         Tracker().update([LEFT, RIGHT], [HAPPY], now=0.0)
+
+
+def test_settings_come_from_the_tracking_section():
+    tracker = Tracker.from_config(TrackingConfig(iou_match=0.6, max_missed_frames=3, ema_alpha=0.2))
+    assert (tracker.iou_match, tracker.max_missed_frames, tracker.ema_alpha) == (0.6, 3, 0.2)
