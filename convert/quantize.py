@@ -37,10 +37,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edge_app.classifier import EmotionClassifier  # noqa: E402
-from edge_app.emotions import fer_label_map  # noqa: E402
-from edge_app.model_card import ModelCard, ModelError, describe_file, load_card  # noqa: E402
-from train.data import TEST, TRAIN, DataError, FaceDataset, load_dataset  # noqa: E402
-from train.landmark_cache import DEFAULT_CACHE_DIR, features_from_landmarks, load_or_compute  # noqa: E402
+from edge_app.model_card import ModelCard, ModelError, describe_file, float_model_inputs, load_card  # noqa: E402
+from train.data import TEST, TRAIN, DataError  # noqa: E402
+from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
 log = logging.getLogger("quantize")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
@@ -91,11 +90,6 @@ def convert_settings(args: argparse.Namespace) -> tuple[int, float]:
     return size, drop
 
 
-def training_card_path(model_path: Path) -> Path:
-    """The card beside a Keras model: ``<stem>.card.json`` (``model.keras`` -> ``model.card.json``)."""
-    return model_path.with_name(model_path.stem + ".card.json")
-
-
 def calibration_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """Up to ``size`` row indices, the same number from each class (other classes fill in for small ones)."""
     rng = np.random.default_rng(seed)
@@ -107,13 +101,6 @@ def calibration_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndar
         classes.append(np.full(len(idx), c))
     rows, ranks, classes = np.concatenate(rows), np.concatenate(ranks), np.concatenate(classes)
     return np.sort(rows[np.lexsort((classes, ranks))][:size])
-
-
-def model_feed(faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
-    """The Keras model's inputs, exactly as training builds them (``train.train.model_inputs``)."""
-    from train.model import FACE_INPUT, LANDMARK_INPUT
-
-    return {FACE_INPUT: faces[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features.astype(np.float32)}
 
 
 def to_tflite(model: keras.Model, kind: str, calibration: dict[str, np.ndarray]) -> bytes:
@@ -236,16 +223,6 @@ def register_edgetpu(path: Path) -> int:
     return 0
 
 
-def load_inputs(data_path: str, cache_dir: Path, classes: list[str], card: ModelCard) -> tuple[FaceDataset, np.ndarray]:
-    """The dataset restricted to the model's classes and its landmark features, computed as in training."""
-    full = load_dataset(data_path)
-    if card.training.get("data_sha256") not in (None, full.fingerprint()):
-        log.warning("%s is not the data this model was trained on (fingerprint differs from the card)", data_path)
-    features = features_from_landmarks(load_or_compute(full, cache_dir))
-    keep = fer_label_map(classes)[full.labels] >= 0
-    return full.with_classes(tuple(classes)), features[keep]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -260,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--model: no model card beside it (expected {card_path})")
     try:
         card = load_card(card_path)
-        data, features = load_inputs(args.data, Path(args.cache_dir), card.classes, card)
+        data, features = load_with_features(args.data, Path(args.cache_dir), card)
     except (ModelError, DataError) as exc:
         raise SystemExit(str(exc)) from exc
 
@@ -272,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--model: cannot load {model_path} as a Keras model ({exc})") from exc
     train_rows = np.flatnonzero(data.splits == TRAIN)
     calib = train_rows[calibration_indices(data.labels[train_rows], calibration_size)]
-    calibration = model_feed(data.images[calib], features[calib])
+    calibration = float_model_inputs(data.images[calib], features[calib])
     test_rows = np.flatnonzero(data.splits == TEST)[: args.limit or None]
     if len(test_rows) == 0:
         raise SystemExit(f"{args.data}: no test (PrivateTest) faces of classes {card.classes}")
@@ -293,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         staged_card.write(staged / f"{card.name}.card.json")
 
         start = time.perf_counter()
-        reference = model.predict(model_feed(faces, test_features), batch_size=256, verbose=0)
+        reference = model.predict(float_model_inputs(faces, test_features), batch_size=256, verbose=0)
         keras_ms = 1000 * (time.perf_counter() - start) / len(faces)
         float_pred = reference.argmax(1)
         float_accuracy = round(float(np.mean(float_pred == labels)), 4)

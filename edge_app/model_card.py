@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge_app.mediapipe_assets import sha256_file
@@ -27,6 +28,14 @@ DEVICE_INPUTS: dict[str, tuple[int, ...]] = {
     LANDMARK_INPUT: (LANDMARK_FEATURES,),
 }
 DEFAULT_MODEL_NAME = "fer_fusion_int8.tflite"
+
+
+def float_model_inputs(faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
+    """The float (Keras) model's feed, keyed by input name: uint8 faces (N, 48, 48) scaled to [0, 1] and
+    landmark features (N, F). Training, evaluation, conversion and Grad-CAM all feed it through this one function.
+    """
+    return {FACE_INPUT: faces[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features.astype(np.float32)}
+
 # Keys of ModelCard.files, one per file convert/quantize.py (or the Edge TPU compiler) makes.
 FILE_KINDS = ("keras", "int8", "float16", "edgetpu_ready", "edgetpu")
 

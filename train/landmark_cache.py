@@ -24,8 +24,10 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_app.emotions import fer_label_map  # noqa: E402
 from edge_app.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
 from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
+from edge_app.model_card import ModelCard  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
 from train.data import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 
@@ -74,6 +76,21 @@ def load_or_compute(dataset: FaceDataset, cache_dir: Path = DEFAULT_CACHE_DIR, w
     np.savez_compressed(path, landmarks=landmarks.astype(np.float16))
     log.info("landmark cache written: %s", path)
     return landmarks.astype(np.float16).astype(np.float32)
+
+
+def training_card_path(model_path: Path) -> Path:
+    """The card beside a Keras model: ``<stem>.card.json`` (``model.keras`` -> ``model.card.json``)."""
+    return model_path.with_name(model_path.stem + ".card.json")
+
+
+def load_with_features(data_path: str | Path, cache_dir: Path, card: ModelCard) -> tuple[FaceDataset, np.ndarray]:
+    """The dataset restricted to the card's classes and its landmark features, computed as in training."""
+    full = load_dataset(data_path)
+    if card.training.get("data_sha256") not in (None, full.fingerprint()):
+        log.warning("%s is not the data this model was trained on (fingerprint differs from the card)", data_path)
+    features = features_from_landmarks(load_or_compute(full, cache_dir))
+    keep = fer_label_map(card.classes)[full.labels] >= 0
+    return full.with_classes(tuple(card.classes)), features[keep]
 
 
 def features_from_landmarks(landmarks: np.ndarray) -> np.ndarray:

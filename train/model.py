@@ -9,10 +9,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT
 from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES
 
-FACE_INPUT = "face"
-LANDMARK_INPUT = "landmarks"
 OUTPUT = "probabilities"
 BRANCHES = ("fusion", "cnn", "landmarks")
 

@@ -25,11 +25,12 @@ import tensorflow as tf  # noqa: E402
 
 from edge_app.config import ConfigError, load_config  # noqa: E402
 from edge_app.emotions import fer_label_map, resolve_classes  # noqa: E402
+from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT, float_model_inputs  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
 from train.augment import augment_batch  # noqa: E402
 from train.data import FaceDataset, load_dataset  # noqa: E402
 from train.landmark_cache import features_from_landmarks, fit_crop_spec, load_or_compute  # noqa: E402
-from train.model import BRANCHES, FACE_INPUT, LANDMARK_INPUT, build_model  # noqa: E402
+from train.model import BRANCHES, build_model  # noqa: E402
 
 log = logging.getLogger("train")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
@@ -68,11 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
-
-
-def model_inputs(dataset: FaceDataset, features: np.ndarray) -> dict[str, np.ndarray]:
-    """The model's feed for a dataset: the raw 48x48 face in [0, 1] and the landmark features."""
-    return {FACE_INPUT: dataset.images[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features}
 
 
 def targets(dataset: FaceDataset, classes: tuple[str, ...], labels: str) -> np.ndarray:
@@ -143,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(args.seed)
         train_idx = np.sort(rng.choice(train_idx, min(args.subset, len(train_idx)), replace=False))
     train_set, val_set = data.select(np.isin(np.arange(len(data)), train_idx)), data.select(val_mask)
-    x_train, x_val = model_inputs(train_set, features[train_idx]), model_inputs(val_set, features[val_mask])
+    x_train = float_model_inputs(train_set.images, features[train_idx])
+    x_val = float_model_inputs(val_set.images, features[val_mask])
     y_train = targets(train_set, classes, args.labels)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
     steps = max(1, len(y_train) // args.batch_size)
