@@ -1,6 +1,7 @@
 """``edge-emotion run``: frames -> faces -> emotions -> tracks -> one aggregated MQTT message per window.
 
-Nothing but the aggregated numbers leaves the process: frames, crops and landmarks live only in this loop.
+Nothing but the aggregated numbers leaves the process: frames, crops and landmarks live only in this loop, and
+nothing is written to disk. Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
 """
 
 from __future__ import annotations
@@ -10,107 +11,193 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from edge_app import sdnotify
 from edge_app.aggregate import WindowAggregator
 from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
-from edge_app.faces import Face, FacePipeline
-from edge_app.mqtt import MqttPublisher
+from edge_app.faces import Face, FacePipeline, FrameError
+from edge_app.mqtt import MqttError, MqttPublisher
 from edge_app.runtime import ModelLoadError
-from edge_app.sources import SourceError, frames
-from edge_app.tracker import Tracker
+from edge_app.sources import ReconnectingSource
+from edge_app.tracker import Track, Tracker
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until stopped)")
-    parser.add_argument("--max-windows", type=int, default=0, help="stop after publishing this many windows")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                        help="stop after this many seconds, publishing the last window (0: until stopped)")
+    parser.add_argument("--max-windows", type=int, default=0, metavar="N",
+                        help="stop after publishing this many windows (0: no limit)")
+
+
+def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
+    """The emotion model (checked against its card) and the face pipeline framed as the card says.
+
+    ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
+    """
+    classifier = EmotionClassifier(
+        config.model.path, config.model.card, delegate=config.runtime.delegate,
+        num_threads=config.runtime.num_threads, expected_classes=config.model.classes,
+    )
+    detection = config.detection
+    pipeline = FacePipeline(
+        classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
+        min_face_px=detection.min_face_px, max_faces=detection.max_faces, num_threads=config.runtime.num_threads,
+    )
+    return classifier, pipeline
+
+
+@dataclass
+class FrameResult:
+    """What one frame gave: the faces (on-device only), their tracks (in the same order), and stage milliseconds.
+
+    ``ms`` has ``detect`` (the face detector) on detection frames, ``landmarks`` (Face Mesh, crops and features,
+    whether the faces were found or followed), ``classify``, ``track`` and ``total``.
+    """
+
+    faces: list[Face]
+    tracks: list[Track]
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+class FrameProcessor:
+    """Detect every ``every_n_frames`` frames or when a face was lost, else follow each face from its landmarks;
+    classify every face; match them to tracks. Used by ``run`` and ``bench`` alike."""
+
+    def __init__(self, pipeline: FacePipeline, classifier: EmotionClassifier, tracker: Tracker,
+                 every_n_frames: int) -> None:
+        self.pipeline = pipeline
+        self.classifier = classifier
+        self.tracker = tracker
+        self.every_n_frames = every_n_frames
+        self.frame_index = 0
+        self._previous: list[Face] = []
+
+    def __call__(self, rgb: np.ndarray, now: float) -> FrameResult:
+        ms: dict[str, float] = {}
+        t0 = time.perf_counter()
+        faces = self._faces(rgb, ms)
+        t1 = time.perf_counter()
+        probabilities = [self.classifier.predict(face.crop, face.features) for face in faces]
+        t2 = time.perf_counter()
+        tracks = self.tracker.update([face.box for face in faces], probabilities, now)
+        t3 = time.perf_counter()
+        ms.update(classify=(t2 - t1) * 1000, track=(t3 - t2) * 1000, total=(t3 - t0) * 1000)
+        self._previous = faces
+        self.frame_index += 1
+        return FrameResult(faces, tracks, ms)
+
+    def _faces(self, rgb: np.ndarray, ms: dict[str, float]) -> list[Face]:
+        if self._previous and self.frame_index % self.every_n_frames:
+            followed = self.pipeline.follow(rgb, self._previous, ms)
+            if all(face is not None for face in followed):
+                return followed  # type: ignore[return-value]
+        return self.pipeline.detect(rgb, ms)
+
+
+# After SIGTERM/SIGINT the process is gone within this many seconds (systemd and the issue allow 5).
+STOP_BUDGET_S = 4.5
 
 
 class _Stop:
     """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits."""
 
     requested = False
+    at = 0.0
 
     def __call__(self, signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        self.requested = True
+        log.info("%s: stopping", signal.Signals(signum).name)
+        self.requested, self.at = True, time.monotonic()
 
-
-def _faces(pipeline: FacePipeline, rgb, previous: list[Face], frame_index: int, every_n: int) -> list[Face]:
-    """Detect every ``every_n`` frames or when a face was lost; otherwise follow the faces from their landmarks."""
-    if previous and frame_index % every_n:
-        followed = pipeline.follow(rgb, previous)
-        if all(face is not None for face in followed):
-            return followed  # type: ignore[return-value]
-    return pipeline.detect(rgb)
+    def time_left(self, default: float) -> float:
+        """Seconds the shutdown may still take: ``default`` when no signal came, else what the budget leaves."""
+        return max(self.at + STOP_BUDGET_S - time.monotonic(), 0.5) if self.requested else default
 
 
 def main(args: argparse.Namespace, config: AppConfig) -> int:
     try:
-        classifier = EmotionClassifier(
-            config.model.path, config.model.card, delegate=config.runtime.delegate,
-            num_threads=config.runtime.num_threads, expected_classes=config.model.classes,
-        )
+        classifier, pipeline = load_models(config)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    detection = config.detection
-    pipeline = FacePipeline(
-        classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
-        min_face_px=detection.min_face_px, max_faces=detection.max_faces,
-    )
+    source = ReconnectingSource(config.source)  # ConfigError for a source.uri that means nothing: exit 2 in cli
     device = config.device.id
-    tracker = Tracker.from_config(config.tracking)
     started = time.monotonic()
     aggregator = WindowAggregator.from_config(config.aggregate, classifier.classes, device, now=started)
-    publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes) if config.mqtt.enabled else None
+    try:
+        publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes) if config.mqtt.enabled else None
+    except MqttError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
+                               config.detection.every_n_frames)
+    log.info("running: %s, model %s on %s, device id %s", source.name, classifier.model_path.name,
+             classifier.delegate_in_use, device)
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    windows, previous, source_state = 0, [], "ok"
+    watchdog_every = sdnotify.watchdog_interval()
+    windows, ready, alive, last_ping = 0, False, False, 0.0
 
     def publish(now: float) -> None:
         nonlocal windows
         message = aggregator.flush(now)
         windows += 1
-        log.info("window %d: %d frames, %d faces, dominant %s", message.seq, message.frames, message.faces,
-                 message.dominant)
+        state = source.state.split(":")[0]
+        log.info("window %d: %d frames, %d faces, dominant %s, source %s", message.seq, message.frames,
+                 message.faces, message.dominant, source.state)
+        mqtt_state = "off"
         if publisher is not None:
             publisher.publish_emotions(message)
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
-                delegate=classifier.delegate_in_use, source_state=source_state,
+                delegate=classifier.delegate_in_use, source_state=state,
             ))
+            mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
+        sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "
+                        f"{message.dominant or 'none'}; source {source.state}; mqtt {mqtt_state}")
 
     try:
-        for index, rgb in enumerate(frames(config.source)):
-            t0 = time.perf_counter()
-            faces = _faces(pipeline, rgb, previous, index, detection.every_n_frames)
-            t1 = time.perf_counter()
-            probabilities = [classifier.predict(face.crop, face.features) for face in faces]
-            t2 = time.perf_counter()
+        while not stop.requested:
+            try:
+                rgb = source.read()
+            except FrameError as exc:
+                log.debug("frame dropped: %s", exc)
+                aggregator.add_dropped_frame()
+                rgb = None
             now = time.monotonic()
-            tracks = tracker.update([face.box for face in faces], probabilities, now)
-            aggregator.add_frame(tracks, len(faces), now, {
-                "landmarks": (t1 - t0) * 1000, "classify": (t2 - t1) * 1000, "total": (t2 - t0) * 1000,
-            })
-            previous = faces
+            if rgb is not None:
+                result = processor(rgb, now)
+                aggregator.add_frame(result.tracks, len(result.faces), now, result.ms)
+                alive = True
+            reopening = source.state.startswith("reopening")
+            if not ready and (rgb is not None or reopening):
+                sdnotify.ready(f"{source.name}: {source.state}")
+                ready = True
+            # The watchdog is fed while frames flow, or while a lost source is being reopened on schedule (the loop
+            # is alive); a loop stuck in a read stops feeding it and systemd restarts the service.
+            if watchdog_every and (alive or reopening) and now - last_ping >= watchdog_every:
+                sdnotify.watchdog()
+                last_ping, alive = now, False
             if aggregator.due(now):
                 publish(now)
-            if stop.requested or (args.max_windows and windows >= args.max_windows) or (
+            if source.ended:
+                log.info("%s has ended: publishing the last window and stopping", source.name)
+                break
+            if (args.max_windows and windows >= args.max_windows) or (
                 args.duration and now - started >= args.duration
             ):
                 break
-        else:
-            source_state = "ended"
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        source_state = "failed"
     finally:
+        sdnotify.stopping()
         if not args.max_windows or windows < args.max_windows:
             publish(time.monotonic())
+        source.close()
         if publisher is not None:
-            publisher.close(timeout=3.0)
-    return 0 if source_state != "failed" else 1
+            publisher.close(timeout=stop.time_left(3.0))
+    return 0

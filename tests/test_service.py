@@ -1,14 +1,26 @@
-"""`edge-emotion run` end to end: the shipped model on the bundled demo photo, published to a real mosquitto."""
+"""`edge-emotion run` end to end: the shipped model on the bundled demo photo and on a video, published to a real
+mosquitto; systemd notifications on a real socket; a missing camera; bad settings."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import cv2
 import paho.mqtt.client as mqtt
+import skimage.data
+
+from edge_app import sdnotify
+from edge_app.config import load_config
+from edge_app.service import FrameProcessor, load_models
+from edge_app.sources import demo_image
+from edge_app.tracker import Tracker
 
 
 def _collect(host: str, port: int, topics: list[tuple[str, int]]) -> tuple[list[tuple[str, bytes]], mqtt.Client]:
@@ -89,3 +101,201 @@ def test_missing_model_is_one_clear_line_and_nothing_is_published(mosquitto, tmp
     assert result.returncode == 2
     assert "nothing.tflite" in result.stderr and "Traceback" not in result.stderr
     assert received == []
+
+
+def _notifications(sock: socket.socket) -> list[str]:
+    """Every sd_notify datagram waiting on ``sock``."""
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+def _listen(sock: socket.socket, messages: list[str], done: threading.Event) -> None:
+    """Read notifications as systemd does, as they come (a unix datagram queue holds only a few)."""
+    sock.settimeout(0.1)
+    while not done.is_set():
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+
+
+def test_systemd_notifications_ready_watchdog_status_stopping(tmp_path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        messages: list[str] = []
+        done = threading.Event()
+        listener = threading.Thread(target=_listen, args=(sock, messages, done))
+        listener.start()
+        env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "edge_app", "--set", "mqtt.enabled=false", "--set", "aggregate.window_s=1",
+                 "run", "--max-windows", "2"], capture_output=True, text=True, timeout=90, env=env,
+            )
+        finally:
+            done.set()
+            listener.join()
+        assert result.returncode == 0, result.stderr
+    kinds = [m.splitlines()[0].split("=")[0] for m in messages]
+    assert kinds[0] == "READY" and kinds[-1] == "STOPPING"
+    assert kinds.count("WATCHDOG") >= 3  # every 0.2 s over ~2 s of frames
+    statuses = [m for m in messages if m.startswith("STATUS=window")]
+    assert len(statuses) == 2 and "dominant happy" in statuses[0] and "source ok" in statuses[0]
+
+
+def test_sdnotify_abstract_socket_and_no_socket(monkeypatch) -> None:
+    name = f"@edge-emotion-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name[1:])
+        monkeypatch.setenv("NOTIFY_SOCKET", name)
+        assert sdnotify.ready() and sdnotify.status("two\nlines")
+        assert _notifications(sock) == ["READY=1", "STATUS=two lines"]
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert sdnotify.watchdog() is False  # outside systemd: nothing to do, and no error
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert sdnotify.watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert sdnotify.watchdog_interval() is None
+
+
+def test_video_that_ends_publishes_its_last_window_and_exits_cleanly(mosquitto, tmp_path) -> None:
+    video = tmp_path / "faces.avi"
+    face = cv2.imread(str(demo_image()))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, face.shape[1::-1])
+    for _ in range(15):
+        writer.write(face)
+    writer.release()
+    broker = mosquitto()
+    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    secret = "s3cret-Passw0rd"
+    result = _run(broker.port, "--set", f"source.uri={video}", "--set", "source.loop=false", "--set", "source.fps=10",
+                  "--set", "mqtt.username=edge", "--set", f"mqtt.password={secret}", "--log-level", "DEBUG", "run")
+    time.sleep(0.5)
+    client.loop_stop()
+    assert result.returncode == 0, result.stderr
+    assert "has ended" in result.stderr and secret not in result.stderr + result.stdout
+    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    assert sum(w["frames"] for w in windows) == 15  # every frame counted, the last partial window included
+    assert [w["seq"] for w in windows] == list(range(1, len(windows) + 1))
+    assert windows[0]["dominant"] == "happy"
+    assert [p for t, p in received if t == "emotion/testcam/status"][-1] == b"offline"
+    for topic, payload in received:  # privacy: small payloads with no arrays of numbers and no long strings
+        assert len(payload) < 4000, topic
+        _assert_no_picture_or_points(json.loads(payload) if payload.startswith(b"{") else payload.decode())
+
+
+def _assert_no_picture_or_points(value: object) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _assert_no_picture_or_points(item)
+    elif isinstance(value, list):
+        assert not any(isinstance(item, (int, float)) for item in value), value
+        for item in value:
+            _assert_no_picture_or_points(item)
+    elif isinstance(value, str):
+        assert len(value) < 200, value
+
+
+def test_missing_camera_keeps_the_service_publishing_and_reopening(mosquitto) -> None:
+    broker = mosquitto()
+    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    result = _run(broker.port, "--set", "source.uri=63", "--set", "source.reopen_initial_s=0.2", "run",
+                  "--max-windows", "2")
+    time.sleep(0.5)
+    client.loop_stop()
+    assert result.returncode == 0, result.stderr
+    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    assert [w["seq"] for w in windows] == [1, 2] and all(w["faces"] == 0 and w["frames"] == 0 for w in windows)
+    stats = [json.loads(p) for t, p in received if t == "emotion/testcam/stats"]
+    assert stats and all(s["source_state"] == "reopening" for s in stats)
+    assert "source '63': cannot open" in result.stderr
+
+
+def test_a_source_uri_that_means_nothing_is_one_line_and_exit_2(mosquitto, tmp_path) -> None:
+    broker = mosquitto()
+    received, client = _collect(broker.host, broker.port, [("emotion/#", 1)])
+    result = _run(broker.port, "--set", f"source.uri={tmp_path / 'missing.mp4'}", "run", "--max-windows", "1")
+    client.loop_stop()
+    assert result.returncode == 2 and "source.uri:" in result.stderr and "missing.mp4" in result.stderr
+    assert "Traceback" not in result.stderr and received == []
+
+
+def test_run_writes_nothing_to_disk(tmp_path) -> None:
+    """Working directory, home and temp directory stay empty: no frames, crops, logs or caches are written."""
+    places = {name: tmp_path / name for name in ("cwd", "home", "tmp")}
+    for place in places.values():
+        place.mkdir()
+    env = {**os.environ, "HOME": str(places["home"]), "TMPDIR": str(places["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_app", "--set", "mqtt.enabled=false", "--set", "aggregate.window_s=0.5", "run",
+         "--max-windows", "2"], capture_output=True, text=True, timeout=90, env=env, cwd=places["cwd"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert {name: sorted(p.name for p in place.rglob("*")) for name, place in places.items()} == {
+        "cwd": [], "home": [], "tmp": []}
+
+
+def test_frame_processor_times_detection_and_landmarks_separately() -> None:
+    """Detection frames report the detector and Face Mesh apart; frames in between only follow (landmarks)."""
+    config = load_config(None, ["detection.every_n_frames=3", "runtime.num_threads=1"], env={})
+    classifier, pipeline = load_models(config)
+    processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking), every_n_frames=3)
+    rgb = skimage.data.astronaut()
+    results = [processor(rgb, now=float(i)) for i in range(4)]
+    assert [sorted(r.ms) for r in results] == [
+        ["classify", "detect", "landmarks", "total", "track"], ["classify", "landmarks", "total", "track"],
+        ["classify", "landmarks", "total", "track"], ["classify", "detect", "landmarks", "total", "track"]]
+    for result in results:
+        assert len(result.faces) == 1 and [t.id for t in result.tracks] == [results[0].tracks[0].id]
+        stages = sum(v for k, v in result.ms.items() if k != "total")
+        assert all(v > 0 for v in result.ms.values()) and stages <= result.ms["total"] * 1.01 + 0.05
+    # The detector runs on the whole frame, Face Mesh on one 192x192 crop: both are real, distinct measurements.
+    assert results[0].ms["detect"] != results[0].ms["landmarks"]
+
+
+def test_face_pipeline_adds_to_the_stage_times_it_is_given() -> None:
+    config = load_config(None, ["runtime.num_threads=1"], env={})
+    _, pipeline = load_models(config)
+    rgb = skimage.data.astronaut()
+    ms: dict[str, float] = {}
+    faces = pipeline.detect(rgb, ms)
+    after_detect = dict(ms)
+    followed = pipeline.follow(rgb, faces, ms)
+    assert set(after_detect) == {"detect", "landmarks"} and ms["detect"] == after_detect["detect"]
+    assert ms["landmarks"] > after_detect["landmarks"] and followed[0] is not None
+    assert pipeline.detect(rgb) and pipeline.follow(rgb, faces)  # timing is optional
+
+
+def test_sigint_while_a_stream_hangs_still_exits_0_within_5_s(mosquitto) -> None:
+    """The source is a server that accepts and never answers: the open blocks, SIGINT must still end it in time."""
+    broker = mosquitto()
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
+         "--set", f"source.uri=http://127.0.0.1:{server.getsockname()[1]}/live", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not accepted:
+        time.sleep(0.05)
+    assert accepted, "the service never connected to the stream"
+    time.sleep(0.5)  # inside the stream's open
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    assert process.wait(timeout=10) == 0, process.stderr.read() if process.stderr else ""
+    assert time.monotonic() - started < 5
+    time.sleep(0.3)
+    client.loop_stop()
+    server.close()
+    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    assert len(windows) == 1 and windows[0]["frames"] == 0 and windows[0]["faces"] == 0
+    assert [p for t, p in received if t == "emotion/testcam/status"][-1] == b"offline"
