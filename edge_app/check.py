@@ -24,19 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from edge_app.classifier import EmotionClassifier
 from edge_app.emotions import fer_label_map
-from edge_app.faces import FacePipeline, FrameError, as_rgb8
+from edge_app.faces import FacePipeline, FrameError
 from edge_app.model_card import ModelError
 from edge_app.preprocess import landmark_features
+from edge_app.sources import IMAGE_SUFFIXES, ImageError, read_image
 
 log = logging.getLogger(__name__)
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 NO_PREDICTION = -1
 
 
@@ -105,14 +104,18 @@ def photos(path: Path, classes: tuple[str, ...]) -> tuple[int, Iterator[tuple[st
                 log.warning("%s: not a class of the model %s, skipped", folder, list(classes))
                 continue
             label = classes.index(folder.name.lower())
-            files += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in PHOTO_SUFFIXES]
+            files += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise DataError(f"{path}: no <class name>/*.jpg|png photos for classes {list(classes)}")
 
         def read() -> Iterator[tuple[str, int, np.ndarray | None]]:
             for file, label in files:
-                bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
-                yield str(file), label, None if bgr is None else as_rgb8(bgr, bgr=True)
+                try:
+                    image = read_image(file)
+                except ImageError as exc:
+                    log.warning("%s; counted as wrong", exc)  # names the file and why (empty, truncated, ...)
+                    image = None
+                yield str(file), label, image
 
         return len(files), read()
     if path.suffix.lower() != ".npz" or not path.is_file():
@@ -147,8 +150,7 @@ def check_photos(args: argparse.Namespace, classifier: EmotionClassifier, config
             break
         labels.append(label)
         predictions.append(NO_PREDICTION)
-        if image is None:
-            log.warning("%s: not a readable image; counted as wrong", name)
+        if image is None:  # photos() said why
             unreadable += 1
             continue
         start = time.perf_counter()

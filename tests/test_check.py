@@ -59,12 +59,15 @@ def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, capl
 
 @pytest.fixture
 def photo_folder(tmp_path: Path) -> Path:
-    """happy/astronaut.jpg (a real smiling face), happy/notes.jpg (text, not an image), contempt/ (no such class)."""
+    """happy/astronaut.jpg (a real smiling face), happy/notes.jpg (text, not an image), happy/cut.jpg (the same
+    face, truncated: OpenCV alone would decode it with a grey bottom), contempt/ (no such class)."""
     root = tmp_path / "photos"
     (root / "happy").mkdir(parents=True)
     (root / "contempt").mkdir()
     cv2.imwrite(str(root / "happy" / "astronaut.jpg"), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
     (root / "happy" / "notes.jpg").write_text("this is not a picture")
+    jpeg = (root / "happy" / "astronaut.jpg").read_bytes()
+    (root / "happy" / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
     shutil.copyfile(root / "happy" / "astronaut.jpg", root / "contempt" / "astronaut.jpg")
     return root
 
@@ -73,12 +76,13 @@ def test_full_pipeline_on_a_photo_folder(tiny_model, photo_folder, capsys, caplo
     with caplog.at_level(logging.WARNING):
         code, result, _ = run_check(["--full-pipeline", "--data", str(photo_folder)], tiny_model["int8"], capsys)
     assert result["mode"] == "full-pipeline"
-    assert result["n"] == 2  # contempt/ is not a class of the model
-    assert result["face_found_rate"] == 0.5 and result["unreadable"] == 1
-    assert result["accuracy"] in (0.0, 0.5)  # the unreadable photo counts as wrong
+    assert result["n"] == 3  # contempt/ is not a class of the model
+    assert result["face_found_rate"] == 0.3333 and result["unreadable"] == 2
+    assert result["accuracy"] in (0.0, 0.3333)  # the unreadable photos count as wrong
     assert result["pipeline_ms_per_image"] > 0
     messages = [r.getMessage() for r in caplog.records]
-    assert any("notes.jpg: not a readable image; counted as wrong" in m for m in messages)
+    assert any("notes.jpg: not an image OpenCV can read; counted as wrong" in m for m in messages)
+    assert any("cut.jpg: truncated image" in m and m.endswith("counted as wrong") for m in messages)
     assert any("contempt: not a class of the model" in m for m in messages)
     assert code == (0 if result["passed"] else 1)
     assert result["passed"] == (100 * result["delta"] >= -1.0)
