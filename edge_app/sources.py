@@ -217,6 +217,8 @@ class CaptureSource:
         if kind == "camera":
             self.capture.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
             self.capture.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+            if config.fps > 0:  # a camera running faster than the cap would only fill its buffers with stale frames
+                self.capture.set(cv2.CAP_PROP_FPS, config.fps)
         self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
         self.position = 0
 
