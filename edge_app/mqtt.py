@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 import sys
 import threading
@@ -30,9 +31,13 @@ from edge_app.emotions import EMOTIONS
 
 log = logging.getLogger(__name__)
 
-NOT_AUTHORISED = "MQTT broker refused the connection: not authorised (check mqtt.username/mqtt.password)"
+NOT_AUTHORISED = "MQTT authentication failed: the broker refused mqtt.username/mqtt.password (not authorised)"
 MAX_INFLIGHT = 20  # unacknowledged messages on the wire; the rest wait in the bounded buffer
 AUTH_REASONS = {"Not authorized", "Bad user name or password"}
+# An OpenSSL error as paho logs it: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)"
+SSL_ERROR = re.compile(r"\[SSL: (?P<code>\w+)\] (?P<text>.*?)(?: \(_ssl\.c:\d+\))?$")
+# Alerts a broker sends when it does not accept the client's certificate (or its lack of one)
+CLIENT_CERT_ALERT = re.compile(r"ALERT_(\w*CERTIFICATE\w*|UNKNOWN_CA)$")
 
 
 class MqttError(ValueError):
@@ -49,6 +54,15 @@ class Outgoing:
     retain: bool
     seq: int | None = None
     generation: int = 0
+
+
+def tls_problem(code: str, text: str, where: str, ca: str) -> str:
+    """One line that says which side's certificate failed: the broker's (our CA) or ours (the broker's CA)."""
+    if code == "CERTIFICATE_VERIFY_FAILED":
+        return f"TLS certificate verification failed: the broker {where} is not trusted by {ca} ({text})"
+    if CLIENT_CERT_ALERT.search(code):
+        return f"TLS client certificate refused by the broker {where} ({text}): check mqtt.cert_file and mqtt.key_file"
+    return f"TLS handshake with {where} failed: {text}"
 
 
 def package_version() -> str:
@@ -112,6 +126,9 @@ class MqttPublisher:
         self.connected = False
         self.dropped = 0
         self.last_error: str | None = None
+        self._was_connected = False
+        self._socket_error: str | None = None
+        self._ca = "the system trust store" if ca_file in (None, SYSTEM_CA) else f"mqtt.ca_file {ca_file}"
 
         self._cond = threading.Condition()
         self._buffer: deque[Outgoing] = deque()
@@ -135,6 +152,7 @@ class MqttPublisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_log = self._on_log
         self.client.connect_async(host, port, keepalive)
         self.client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
@@ -180,7 +198,9 @@ class MqttPublisher:
     def close(self, timeout: float = 5.0) -> None:
         """Publish the retained ``offline`` state, flush what can be flushed within ``timeout``, disconnect.
 
-        A second call does nothing.
+        While the broker is unreachable there is nothing to wait for: close returns at once and the broker sets
+        ``offline`` from the last will. Stopping paho's thread is bounded too, since it may be stuck in a TLS
+        handshake with a broker that stopped answering. A second call does nothing.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -188,16 +208,20 @@ class MqttPublisher:
                 return
             self._control.append(Outgoing(self.status_topic, b"offline", 1, True))
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not (self._buffer or self._control or self._inflight),
+            self._cond.wait_for(lambda: not (self._buffer or self._control or self._inflight) or self._unreachable(),
                                 timeout=max(deadline - time.monotonic(), 0))
             unsent = len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
+            unreachable = self._unreachable()
             self._closing = True
             self._cond.notify_all()
         if unsent:
-            log.warning("MQTT: %d emotion message(s) not delivered before shutdown", unsent)
+            why = "the broker is unreachable" if unreachable else "the broker did not acknowledge them in time"
+            log.warning("MQTT: %d emotion message(s) not delivered before shutdown (%s)", unsent, why)
         self._sender.join(timeout=max(deadline - time.monotonic(), 0.1))
         self.client.disconnect()
-        self.client.loop_stop()
+        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout=max(deadline - time.monotonic(), 0.5))
 
     def discovery_configs(self) -> dict[str, dict]:
         """Home Assistant MQTT discovery: a dominant-emotion sensor and one percentage sensor per class."""
@@ -250,10 +274,22 @@ class MqttPublisher:
             raise MqttError(f"mqtt TLS files could not be loaded: {err}") from err
         self.client.tls_insecure_set(tls_insecure)
 
+    def _unreachable(self) -> bool:
+        """Disconnected, and not merely still making the first attempt: a flush would wait for nothing."""
+        return not self.connected and (self._was_connected or self.last_error is not None)
+
     def _report(self, error: str) -> None:
         if error != self.last_error:
             log.error("%s", error)
-        self.last_error = error
+        with self._cond:
+            self.last_error = error
+            self._cond.notify_all()
+
+    def _on_log(self, client, userdata, level, buf) -> None:
+        """paho's own log at DEBUG; its socket errors are kept, as a TLS alert from the broker only shows there."""
+        log.debug("paho: %s", buf)
+        if level == paho.MQTT_LOG_ERR:
+            self._socket_error = buf
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
@@ -263,6 +299,7 @@ class MqttPublisher:
         log.info("MQTT connected to %s:%d", self.host, self.port)
         with self._cond:
             self.connected = True
+            self._was_connected = True
             self.last_error = None
             self._generation += 1
             self._control.appendleft(Outgoing(self.status_topic, b"online", 1, True))
@@ -274,7 +311,9 @@ class MqttPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         error = sys.exc_info()[1]  # paho calls this from inside its ``except OSError`` block
         if isinstance(error, ssl.SSLError):
-            self._report(f"TLS handshake with {self.host}:{self.port} failed: {error}")
+            text = getattr(error, "verify_message", None) or (error.strerror or str(error))
+            self._report(tls_problem(error.reason or "", SSL_ERROR.sub(r"\g<text>", text),
+                                     f"{self.host}:{self.port}", self._ca))
         elif error is not None:
             self._report(f"MQTT broker {self.host}:{self.port} is not reachable: {error}")
 
@@ -288,6 +327,10 @@ class MqttPublisher:
             self._cond.notify_all()
         if was_connected and not self._closing:
             log.warning("MQTT connection to %s:%d lost (%s); buffering", self.host, self.port, reason)
+        socket_error = SSL_ERROR.search(self._socket_error or "")
+        if not was_connected and socket_error:  # refused after the handshake, before CONNACK (TLS 1.3 client auth)
+            self._report(tls_problem(socket_error["code"], socket_error["text"], f"{self.host}:{self.port}", self._ca))
+        self._socket_error = None
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._cond:

@@ -1,0 +1,220 @@
+"""Broker faults against a real mosquitto: down at start, restarts mid-run, a frozen broker, a full buffer, shutting
+down during an outage. Nothing is lost that the buffer could hold; what it could not hold is counted."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mqtt_helpers import (
+    assert_complete_in_order,
+    close_all,
+    make_certificates,
+    publisher,
+    subscriber,
+    wait_until,
+    windows,
+)
+
+from edge_app.aggregate import StatsMessage, WindowAggregator
+from edge_app.emotions import EMOTIONS
+from edge_app.mqtt import MAX_INFLIGHT
+
+
+@pytest.fixture
+def clients():
+    """Publishers and subscribers made by a test, closed at teardown even when it fails."""
+    made: list = []
+    yield made
+    close_all(made)
+
+
+def test_broker_down_at_start_buffers_then_delivers_in_order(mosquitto, clients):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"], persistent=True)
+    broker.stop()
+    pub = publisher(clients, broker, discovery=False)
+    for message in windows(6):
+        pub.publish_emotions(message)
+    assert wait_until(lambda: pub.last_error is not None, timeout=5)
+    assert "not reachable" in pub.last_error and str(broker.port) in pub.last_error
+    assert not pub.connected and pub.buffered == 6 and pub.dropped == 0
+    broker.start()
+    assert wait_until(lambda: pub.connected and pub.buffered == 0), pub.last_error
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == 6)
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), list(range(1, 7)))
+
+
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["clean_session-false", "mqtt5-session-expiry"])
+def test_broker_restarted_twice_mid_run_loses_nothing(mosquitto, clients, mqtt5):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions", "emotion/testcam/status"], persistent=True,
+                     mqtt5=mqtt5)
+    pub = publisher(clients, broker, discovery=False)
+    assert wait_until(lambda: pub.connected)
+    messages = iter(windows(30))
+    for _ in range(2):
+        for _ in range(5):
+            pub.publish_emotions(next(messages))
+        broker.stop()
+        assert wait_until(lambda: not pub.connected, timeout=5)
+        for _ in range(5):
+            pub.publish_emotions(next(messages))
+        assert pub.buffered >= 5
+        broker.start()
+    for message in messages:
+        pub.publish_emotions(message)
+    assert wait_until(lambda: pub.connected and pub.buffered == 0, timeout=15), pub.last_error
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == 30, timeout=15), \
+        sub.seqs("emotion/testcam/emotions")
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), list(range(1, 31)))
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/status")[-1] == b"online")
+    assert pub.dropped == 0
+
+
+def test_unacknowledged_messages_are_resent_before_newer_ones(mosquitto, clients):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"])
+    # the publisher reconnects later than the subscriber, so the subscriber is back before anything is re-sent
+    pub = publisher(clients, broker, discovery=False, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    assert wait_until(lambda: pub.connected)
+    messages = windows(8)
+    broker.process.send_signal(signal.SIGSTOP)  # the broker stops reading: windows 1-5 stay unacknowledged
+    try:
+        for message in messages[:5]:
+            pub.publish_emotions(message)
+        assert wait_until(lambda: not pub._buffer, timeout=5), "windows 1-5 must be on the wire, unacknowledged"
+        assert pub.buffered == 5
+    finally:
+        broker.process.send_signal(signal.SIGKILL)
+        broker.process.wait(timeout=5)
+    assert wait_until(lambda: not pub.connected, timeout=5)
+    for message in messages[5:]:
+        pub.publish_emotions(message)
+    broker.start()
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == 8, timeout=10), \
+        sub.seqs("emotion/testcam/emotions")
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), list(range(1, 9)))
+    assert wait_until(lambda: pub.buffered == 0)
+
+
+def test_a_broker_that_stops_answering_holds_at_most_max_inflight_and_the_buffer(mosquitto, clients):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"])
+    pub = publisher(clients, broker, discovery=False, buffer_size=3)
+    first, *messages = windows(1 + MAX_INFLIGHT + 5)
+    pub.publish_emotions(first)  # acknowledged after "online", so nothing is in flight once it is
+    assert sub.wait_for(lambda: sub.seqs("emotion/testcam/emotions") == [1])
+    assert wait_until(lambda: pub.buffered == 0 and not pub._inflight)
+    broker.process.send_signal(signal.SIGSTOP)  # connection open, nothing acknowledged
+    try:
+        for message in messages[:MAX_INFLIGHT]:
+            pub.publish_emotions(message)
+            assert wait_until(lambda: not pub._buffer, timeout=5), f"window {message.seq} not sent"
+        for message in messages[MAX_INFLIGHT:]:
+            pub.publish_emotions(message)
+        time.sleep(0.2)  # the sender must not take more off the buffer
+        assert (len(pub._inflight), len(pub._buffer), pub.dropped) == (MAX_INFLIGHT, 3, 2)
+        assert pub.buffered == MAX_INFLIGHT + 3
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    expected = [*range(1, MAX_INFLIGHT + 2), MAX_INFLIGHT + 4, MAX_INFLIGHT + 5, MAX_INFLIGHT + 6]
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == len(expected)), \
+        sub.seqs("emotion/testcam/emotions")
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), expected)
+    assert wait_until(lambda: pub.buffered == 0)
+
+
+def test_full_buffer_drops_oldest_and_counts(mosquitto, clients):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"], persistent=True)
+    broker.stop()
+    pub = publisher(clients, broker, discovery=False, buffer_size=3)
+    for message in windows(5):
+        pub.publish_emotions(message)
+    assert (pub.buffered, pub.dropped) == (3, 2)
+    broker.start()
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == 3)
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), [3, 4, 5])
+    assert wait_until(lambda: pub.buffered == 0)
+    # the count reaches subscribers in the stats message, as the service sends it
+    stats_sub = subscriber(clients, broker, ["emotion/testcam/stats"])
+    aggregator = WindowAggregator(EMOTIONS, 1.0, "testcam", now=0.0)
+    pub.publish_stats(aggregator.stats(1.0, buffered_messages=pub.buffered, dropped_messages=pub.dropped,
+                                       delegate="cpu", source_state="streaming"))
+    assert stats_sub.wait_for(lambda: stats_sub.on("emotion/testcam/stats"))
+    stats = StatsMessage.model_validate_json(stats_sub.on("emotion/testcam/stats")[0])
+    assert (stats.dropped_messages, stats.buffered_messages) == (2, 0)
+
+
+
+
+def retained_status(clients, broker, topic: str = "emotion/testcam/status") -> bytes | None:
+    """What a new subscriber is told the status is (the retained message), or None when nothing is retained."""
+    late = subscriber(clients, broker, [topic])
+    late.wait_for(lambda: late.on(topic), timeout=2)
+    return (late.on(topic) or [None])[0]
+
+
+def test_close_during_an_outage_returns_at_once_and_the_retained_status_is_offline(mosquitto, clients):
+    broker = mosquitto()
+    pub = publisher(clients, broker, discovery=False)
+    assert wait_until(lambda: pub.connected)
+    assert wait_until(lambda: retained_status(clients, broker) == b"online")
+    broker.stop()
+    assert wait_until(lambda: not pub.connected, timeout=5)
+    for message in windows(3):
+        pub.publish_emotions(message)
+    started = time.monotonic()
+    pub.close()  # the default timeout: nothing can be flushed, so it must not be waited out
+    assert time.monotonic() - started < 2.0
+    broker.start()
+    assert retained_status(clients, broker) == b"offline"
+
+
+def test_close_is_bounded_while_a_frozen_broker_holds_the_tls_handshake(mosquitto, clients, tmp_path):
+    certs = make_certificates(tmp_path)
+    broker = mosquitto(f"cafile {certs['ca.crt']}\ncertfile {certs['server.crt']}\nkeyfile {certs['server.key']}")
+    broker.process.send_signal(signal.SIGSTOP)  # the kernel still accepts the TCP connection; no TLS answer comes
+    try:
+        pub = publisher(clients, broker, tls=True, ca_file=certs["ca.crt"])
+        time.sleep(0.5)  # paho's thread is now inside the handshake (it waits up to its 5 s connect timeout)
+        started = time.monotonic()
+        pub.close(timeout=1.0)
+        assert time.monotonic() - started < 2.0
+        assert not pub.connected
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+
+
+def test_sigterm_to_the_service_during_an_outage_exits_within_5_s_and_leaves_offline(mosquitto, clients):
+    broker = mosquitto()
+    status = subscriber(clients, broker, ["emotion/testcam/status"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
+         "--set", "aggregate.window_s=0.5", "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1",
+         "run"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert status.wait_for(lambda: status.on("emotion/testcam/status")[-1:] == [b"online"], timeout=60)
+        status.close()
+        clients.remove(status)
+        broker.stop()
+        time.sleep(1.5)  # windows pile up in the buffer; reconnects are refused
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        returncode = process.wait(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    stderr = process.stderr.read()
+    assert returncode == 0, stderr
+    assert took < 5.0, f"exit took {took:.1f} s"
+    broker.start()
+    assert retained_status(clients, broker) == b"offline"
