@@ -258,6 +258,38 @@ class AppConfig(Section):
     ui: UiConfig = UiConfig()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would silently keep the last one).
+
+    A value that its tag cannot take (``!!int abc``) is a YAML error with its line too: PyYAML itself raises a bare
+    ValueError or IndexError there.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, IndexError, TypeError, OverflowError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(None, None, f"{_shown(node.value)} is not a valid {tag}",
+                                                    node.start_mark) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base" keys may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {_shown(key)}",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(
     path: Union[str, Path, None] = None, overrides: Iterable[str] = (), env: Optional[Mapping[str, str]] = None
 ) -> AppConfig:
@@ -295,12 +327,12 @@ def _read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__}: {exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}:{where}: not valid YAML ({' '.join(str(problem).split())})") from None
+        raise ConfigError(f"{path}{where}: not valid YAML ({_printable(' '.join(str(problem).split()))})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     if data is None:
@@ -431,9 +463,9 @@ def _shown(value: Any, secret: bool = False) -> str:
 
 
 def _printable(key: object) -> str:
-    """A key as it can appear in a one-line message: control characters escaped."""
+    """A key as it can appear in a one-line message: control characters escaped, an empty key quoted."""
     text = str(key)
-    return text if text.isprintable() else repr(text)[1:-1]
+    return (text if text.isprintable() else repr(text)[1:-1]) or "''"
 
 
 def _describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]) -> str:
@@ -456,7 +488,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     if kind == "config_rule":
         return f"{path}.{error['ctx']['key']}: {error['ctx']['message']}"
-    if kind == "extra_forbidden":
+    if kind == "invalid_key":  # a key that is not text (0:, true:, null:): the path names it, not an index
+        path = ".".join(_printable(key) for key in (*loc[:-1], error["input"]))
+    if kind in ("extra_forbidden", "invalid_key"):
         parent = _field_annotation(loc[:-1])
         model = _without_none(parent[0]) if parent else None
         known = f"; known keys: {', '.join(model.model_fields)}" if parent and _is_section(model) else ""

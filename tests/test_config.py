@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_app import cli
-from edge_app.config import AppConfig, ConfigError, default_device_id, load_config
+from edge_app.config import AppConfig, ConfigError, UniqueKeyLoader, default_device_id, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +100,50 @@ def test_missing_file_unreadable_yaml_and_a_non_mapping_top_level(tmp_path) -> N
     assert "expected a mapping of sections at the top level, got a list" in config_error(tmp_path, "- a\n- b\n")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqtt:\n  port: 1\n  port: 2\n", ": line 3, column 3: not valid YAML (found duplicate key 'port')"),
+        ("mqtt:\n  port: !!int abc\n", ": line 2, column 9: not valid YAML ('abc' is not a valid !!int)"),
+        ("mqtt:\n  host: a\x00b\n", ": not valid YAML (unacceptable character #x0000"),
+        ("mqtt:\n\tport: 1\n", ": line 2, column 1: not valid YAML (found character '\\t' that cannot start"),
+    ],
+)
+def test_yaml_that_cannot_be_read_names_the_file_line_and_problem(tmp_path, text, expected) -> None:
+    assert config_error(tmp_path, text).startswith(f"{tmp_path / 'config.yaml'}{expected}")
+
+
+def test_a_merge_key_may_be_overridden_without_counting_as_a_duplicate(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  <<: {port: 1, host: broker}\n  port: 2\n")
+    assert (load_config(path, env={}).mqtt.port, load_config(path, env={}).mqtt.host) == (2, "broker")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0: 1\n", "0: unknown key; known keys: device,"),
+                                                ("mqtt:\n  null: 1\n", "mqtt.None: unknown key; known keys: enabled,"),
+                                                ('mqtt:\n  "": 1\n', "mqtt.'': unknown key")])
+def test_a_key_that_is_not_a_name_is_named_as_written(tmp_path, text, expected) -> None:
+    assert config_error(tmp_path, text).startswith(expected)
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line_naming_it(tmp_path) -> None:
+    (tmp_path / "binary.yaml").write_bytes(b"mqtt:\n  host: \xff\xfe\n")
+    for path, problem in ((tmp_path / "binary.yaml", "UnicodeDecodeError"), (tmp_path, "IsADirectoryError")):
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, env={})
+        assert str(caught.value).startswith(f"{path}: cannot read the config file ({problem}: ")
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_a_config_file_without_read_permission_is_one_line_naming_it(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  port: 1883\n")
+    path.chmod(0)
+    with pytest.raises(ConfigError, match=r"config\.yaml: cannot read the config file \(PermissionError: "):
+        load_config(path, env={})
+
+
 def test_a_password_never_appears_in_errors_or_printed_config(tmp_path) -> None:
     message = config_error(tmp_path, "mqtt:\n  username: u\n  password: [hunter2]\n")
     assert message.startswith("mqtt.password: expected a string") and "hunter2" not in message
@@ -144,6 +188,21 @@ override = st.tuples(st.sampled_from([f"{s}.{f}" for s in AppConfig.model_fields
                                      + ["mqtt", "a.b.c", ""]), st.text(max_size=10)).map("=".join)
 
 
+def shown_key(key: object) -> str:
+    """A key as error messages print it: control characters escaped so that the message stays one line."""
+    text = str(key)
+    return (text if text.isprintable() else repr(text)[1:-1]) or "''"
+
+
+def assert_one_line_naming_where(message: str, path: Path, document: object, overrides: list[str]) -> None:
+    """The message is one line that starts with what it is about: the file, a key of the file, or an override."""
+    assert message and "\n" not in message and "Traceback" not in message
+    starts = [f"{path}: ", "--set "]
+    starts += [shown_key(key) for key in document] if isinstance(document, dict) else []
+    starts += [item.partition("=")[0].strip() for item in overrides]
+    assert any(message.startswith(start) for start in starts if start), message
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=sections | values, overrides=st.lists(override, max_size=2))
 def test_the_loader_only_ever_returns_a_config_or_raises_config_error(document, overrides) -> None:
@@ -153,7 +212,31 @@ def test_the_loader_only_ever_returns_a_config_or_raises_config_error(document, 
         try:
             config = load_config(path, overrides, env={})
         except ConfigError as exc:
-            assert str(exc) and "\n" not in str(exc)
+            assert_one_line_naming_where(str(exc), path, document, overrides)
+        else:
+            assert isinstance(config, AppConfig)
+
+
+# YAML-ish text: tokens that make mappings, lists, anchors, tags, merges and indentation, in random order
+yaml_tokens = [*"mqt:port-[]{}\"' \n\t#&*!|>%@`,?.\\0123abc\x00", "<<: ", "  ", "~", "mqtt:", "port: ", "source:\n  ",
+               "\n- ", "!!int ", "&a ", "*a"]
+yaml_like = st.lists(st.sampled_from(yaml_tokens), max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=yaml_like | st.text(max_size=40) | st.binary(max_size=40))
+def test_random_yaml_text_gives_a_config_or_one_line_naming_the_file_or_key(text) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+        try:  # only to learn the top-level keys that an error may name
+            document = yaml.load(text, Loader=UniqueKeyLoader)
+        except (yaml.YAMLError, RecursionError):
+            document = None
+        try:
+            config = load_config(path, env={})
+        except ConfigError as exc:
+            assert_one_line_naming_where(str(exc), path, document, [])
         else:
             assert isinstance(config, AppConfig)
 
