@@ -1,0 +1,125 @@
+"""train/train.py and train/evaluate.py end to end: a separable synthetic set is learned, FER-2013 is evaluated
+with every report file, and --resume continues a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_quantize import run_script, small_fer
+
+from edge_app.model_card import load_card
+
+SYNTHETIC_CLASSES = ("happy", "sad")
+# Batches of 16 give the batch-norm statistics enough steps to settle on a few hundred images.
+TINY_NET = ("--batch-size", "16", "--widths", "8", "16", "--warmup-epochs", "0")
+
+
+def stripes(vertical: bool, rng: np.random.Generator) -> np.ndarray:
+    """A 48x48 image of stripes with a random period, phase and noise: the orientation is the class."""
+    period, phase = rng.uniform(6, 12), rng.uniform(0, 2 * np.pi)
+    ramp = np.sin(2 * np.pi * np.arange(48) / period + phase)
+    image = np.tile(ramp, (48, 1)) if vertical else np.tile(ramp[:, None], (1, 48))
+    return np.clip(127 + 90 * image + rng.normal(0, 20, (48, 48)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image-folder dataset (train/<class>/, test/<class>/) where happy = horizontal, sad = vertical stripes."""
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 300), ("test", 30)):
+        for label, name in enumerate(SYNTHETIC_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                cv2.imwrite(str(folder / f"{i}.png"), stripes(bool(label), rng))
+    return root
+
+
+def test_a_separable_synthetic_set_is_learned(synthetic_folder: Path, tmp_path: Path) -> None:
+    run, reports = tmp_path / "run", tmp_path / "reports"
+    trained = run_script("train/train.py", "--data", synthetic_folder, "--out", run, "--cache-dir", tmp_path / "cache",
+                         "--classes", *SYNTHETIC_CLASSES, "--epochs", "8", "--lr", "3e-3", *TINY_NET)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    card = load_card(run / "model.card.json")
+    assert tuple(card.classes) == SYNTHETIC_CLASSES and card.training["data_source"] == synthetic_folder.name
+    evaluated = run_script("train/evaluate.py", "--model", run / "model.keras", "--data", synthetic_folder,
+                           "--cache-dir", tmp_path / "cache", "--out", reports, "--gradcam-per-class", "2")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert report["results"]["plain"]["n"] == 60
+    assert report["results"]["plain"]["accuracy"] >= 0.95, report["results"]["plain"]
+    # Mirroring does not change stripe orientation, so TTA must agree.
+    assert report["results"]["tta"]["accuracy"] >= 0.95
+    assert report["train_duplicates"] == 0
+
+
+def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path: Path) -> None:
+    data = small_fer(fer_data_path, tmp_path / "fer_small.npz")
+    run, reports, cache = tmp_path / "run", tmp_path / "reports", tmp_path / "cache"
+    trained = run_script("train/train.py", "--data", data, "--out", run, "--cache-dir", cache, "--epochs", "1",
+                         *TINY_NET)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert {"model.keras", "model.card.json", "last.keras", "best.keras", "history.csv"} <= {
+        p.name for p in run.iterdir()}
+    evaluated = run_script("train/evaluate.py", "--model", run / "model.keras", "--data", data, "--cache-dir", cache,
+                           "--out", reports, "--gradcam-per-class", "2", "--compare", f"again={run / 'best.keras'}")
+    # best.keras has no card beside it: the comparison is refused, naming the file.
+    assert evaluated.returncode != 0 and "best.card.json" in evaluated.stderr
+
+    evaluated = run_script("train/evaluate.py", "--model", run / "model.keras", "--data", data, "--cache-dir", cache,
+                           "--out", reports, "--gradcam-per-class", "2", "--compare", f"again={run / 'model.keras'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    summary = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert set(report["files"]) == {"evaluation.json", "evaluation.md", "confusion_matrix.png", "training_curves.png",
+                                    "gradcam.png", "ablation.json", "ablation.md"}
+    for name in report["files"]:
+        assert (reports / name).stat().st_size > 0
+        if name.endswith(".png"):
+            assert cv2.imread(str(reports / name)) is not None
+    classes = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    for mode in ("plain", "tta"):
+        result = report["results"][mode]
+        assert result["n"] == 280 and 0.0 <= result["accuracy"] <= 1.0
+        assert 0.0 <= result["accuracy_without_train_duplicates"] <= 1.0
+        assert np.asarray(result["confusion_matrix"]).sum() == 280
+        assert np.trace(result["confusion_matrix"]) == round(result["accuracy"] * 280)
+        assert list(result["per_class"]) == classes
+        assert all(c["support"] == 40 for c in result["per_class"].values())
+        for average in ("macro", "weighted"):
+            assert set(result[average]) == {"precision", "recall", "f1"}
+            assert all(0.0 <= v <= 1.0 for v in result[average].values())
+    assert summary["accuracy"] == report["results"]["plain"]["accuracy"]
+    assert report["training"]["epochs"] == 1 and report["training"]["best_epoch"] == 1
+    ablation = json.loads((reports / "ablation.json").read_text())
+    assert [r["name"] for r in ablation[:2]] == ["model", "again"]
+    assert ablation[0]["accuracy"] == ablation[1]["accuracy"]
+    assert [r["reference"] for r in ablation[2:]] == [0.54, 0.604, 0.615, 0.622]
+    assert "| again | fusion |" in (reports / "ablation.md").read_text()
+
+
+def test_resume_continues_from_the_last_epoch(synthetic_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ("train/train.py", "--data", synthetic_folder, "--out", run, "--cache-dir", tmp_path / "cache",
+              "--classes", *SYNTHETIC_CLASSES, *TINY_NET)
+    first = run_script(*common, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_script(*common, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "at epoch 1" in resumed.stderr
+    with (run / "history.csv").open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+    assert json.loads((run / "state.json").read_text()) == {"epoch": 2}
+
+
+def test_evaluate_names_a_missing_model(tmp_path: Path) -> None:
+    result = run_script("train/evaluate.py", "--model", tmp_path / "nothing.keras", "--out", tmp_path / "reports")
+    assert result.returncode != 0
+    assert "nothing.keras: no such model file" in result.stderr
+    assert not (tmp_path / "reports").exists()
