@@ -1,4 +1,4 @@
-"""Shared fixtures: the FER-2013 data path and a real mosquitto broker on a free loopback port."""
+"""Shared fixtures: the FER-2013 path, a tiny trained model, and a real mosquitto broker on a free loopback port."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from train_helpers import run_script, small_fer
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
@@ -25,6 +26,39 @@ def fer_data_path() -> Path:
     if not path.exists():
         pytest.skip(f"FER-2013 not available: FER2013_PATH={value} does not exist")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, fer_data_path: Path) -> dict[str, Path]:
+    """A tiny fusion model trained by train/train.py on a FER-2013 slice and converted by quantize.py.
+
+    Built once per session; the files live in a fixed folder of the session's temp dir, so
+    modules that import this fixture reuse them instead of training again.
+    """
+    base = tmp_path_factory.getbasetemp() / "tiny_model"
+    paths = {"base": base, "data": base / "fer_small.npz", "cache": base / "cache", "run": base / "run",
+             "models": base / "models"}
+    paths["keras"] = paths["run"] / "model.keras"
+    paths["int8"] = paths["models"] / "fer_fusion_int8.tflite"
+    paths["card"] = paths["models"] / "fer_fusion.card.json"
+    paths["report"] = paths["models"] / "quantization_report.json"
+    if (base / "done").is_file():
+        return paths
+    base.mkdir(exist_ok=True)
+    small_fer(fer_data_path, paths["data"])
+    trained = run_script(
+        "train/train.py", "--data", paths["data"], "--out", paths["run"], "--cache-dir", paths["cache"],
+        "--epochs", "30", "--batch-size", "64", "--warmup-epochs", "0", "--widths", "8", "16", "32", "64",
+        "--lr", "3e-3", "--patience", "30",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    converted = run_script(
+        "convert/quantize.py", "--model", paths["keras"], "--out", paths["models"], "--data", paths["data"],
+        "--cache-dir", paths["cache"], "--calibration-size", "100", "--max-accuracy-drop", "5",
+    )
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    (base / "done").write_text(converted.stdout)
+    return paths
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 from skimage import data as skimage_data
-from test_quantize import tiny_model  # noqa: F401 (session fixture: one tiny model for all modules)
 
 from edge_app import check
 from edge_app.config import load_config
@@ -29,7 +28,7 @@ def run_check(argv: list[str], model: Path, capsys: pytest.CaptureFixture) -> tu
     return code, json.loads(lines[0]) if lines else None, err
 
 
-def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:  # noqa: F811
+def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:
     code, result, _ = run_check(["--data", str(tiny_model["data"]), "--split", "test", "--tolerance", "3"],
                                 tiny_model["int8"], capsys)
     report = json.loads(tiny_model["report"].read_text())
@@ -43,7 +42,7 @@ def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:  
     assert code == 0 and result["passed"] is True
 
 
-def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, caplog) -> None:  # noqa: F811
+def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, caplog) -> None:
     models = Path(shutil.copytree(tiny_model["models"], tmp_path / "models"))
     card_path = models / "fer_fusion.card.json"
     card = json.loads(card_path.read_text())
@@ -72,7 +71,7 @@ def photo_folder(tmp_path: Path) -> Path:
     return root
 
 
-def test_full_pipeline_on_a_photo_folder(tiny_model, photo_folder, capsys, caplog) -> None:  # noqa: F811
+def test_full_pipeline_on_a_photo_folder(tiny_model, photo_folder, capsys, caplog) -> None:
     with caplog.at_level(logging.WARNING):
         code, result, _ = run_check(["--full-pipeline", "--data", str(photo_folder)], tiny_model["int8"], capsys)
     assert result["mode"] == "full-pipeline"
@@ -88,7 +87,7 @@ def test_full_pipeline_on_a_photo_folder(tiny_model, photo_folder, capsys, caplo
     assert result["passed"] == (100 * result["delta"] >= -1.0)
 
 
-def test_full_pipeline_on_an_npz_counts_a_photo_without_face_as_wrong(tiny_model, tmp_path, capsys) -> None:  # noqa: F811
+def test_full_pipeline_on_an_npz_counts_a_photo_without_face_as_wrong(tiny_model, tmp_path, capsys) -> None:
     astronaut = skimage_data.astronaut()
     blank = np.full_like(astronaut, 128)
     path = tmp_path / "photos.npz"
@@ -98,7 +97,7 @@ def test_full_pipeline_on_an_npz_counts_a_photo_without_face_as_wrong(tiny_model
     assert result["accuracy"] in (0.0, 0.5)
 
 
-def test_bad_data_is_named_without_a_traceback(tiny_model, tmp_path, capsys) -> None:  # noqa: F811
+def test_bad_data_is_named_without_a_traceback(tiny_model, tmp_path, capsys) -> None:
     missing = tmp_path / "nowhere.npz"
     code, result, err = run_check(["--data", str(missing)], tiny_model["int8"], capsys)
     assert code == 2 and result is None and f"{missing}: no such file or directory" in err

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from skimage import data
-from test_quantize import run_script, small_fer
+from train_helpers import run_script, small_fer
 
 from edge_app.classifier import EmotionClassifier
 from edge_app.faces import FacePipeline

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_quantize import tiny_model  # noqa: F401 (session fixture: one tiny model for all modules)
 
 from edge_app.classifier import EmotionClassifier
 from edge_app.model_card import ModelError, default_model_path, load_card
@@ -21,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def models(tiny_model: dict[str, Path], tmp_path: Path) -> Path:  # noqa: F811
+def models(tiny_model: dict[str, Path], tmp_path: Path) -> Path:
     """A private copy of the converted models, free to damage."""
     return Path(shutil.copytree(tiny_model["models"], tmp_path / "models"))
 
 
 @pytest.fixture(scope="module")
-def test_faces(tiny_model: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: F811
+def test_faces(tiny_model: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A few test-split faces of the tiny model's data with their cached landmark features."""
     from train.data import TEST, load_dataset
     from train.landmark_cache import features_from_landmarks, load_or_compute
@@ -38,7 +37,7 @@ def test_faces(tiny_model: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.
     return data.images[rows], features[rows], data.labels[rows]
 
 
-def test_predicts_probabilities_with_the_cards_preprocessing(tiny_model, test_faces) -> None:  # noqa: F811
+def test_predicts_probabilities_with_the_cards_preprocessing(tiny_model, test_faces) -> None:
     classifier = EmotionClassifier(tiny_model["int8"])
     card = load_card(tiny_model["card"])
     assert classifier.card_path == tiny_model["card"]
@@ -57,7 +56,7 @@ def test_predicts_probabilities_with_the_cards_preprocessing(tiny_model, test_fa
     assert np.abs(without - probs).max() > 0 or features[0][-1] == 0
 
 
-def test_non_finite_features_become_the_no_landmarks_input(tiny_model, test_faces, caplog) -> None:  # noqa: F811
+def test_non_finite_features_become_the_no_landmarks_input(tiny_model, test_faces, caplog) -> None:
     classifier = EmotionClassifier(tiny_model["int8"])
     face = test_faces[0][0]
     broken = np.full(LANDMARK_FEATURES, np.nan, np.float32)
@@ -70,7 +69,7 @@ def test_non_finite_features_become_the_no_landmarks_input(tiny_model, test_face
     assert sum("non-finite" in r.message for r in caplog.records) == 1
 
 
-def test_bad_inputs_are_named(tiny_model) -> None:  # noqa: F811
+def test_bad_inputs_are_named(tiny_model) -> None:
     classifier = EmotionClassifier(tiny_model["int8"])
     with pytest.raises(ValueError, match=r"crop: expected \(48, 48\) uint8, got \(48, 40\)"):
         classifier.predict(np.zeros((48, 40), np.uint8), np.zeros(LANDMARK_FEATURES, np.float32))
@@ -101,7 +100,7 @@ def test_refuses_a_truncated_file_even_when_the_card_was_rewritten_for_it(models
         EmotionClassifier(int8)
 
 
-def test_refuses_a_card_whose_classes_differ_from_the_config(tiny_model) -> None:  # noqa: F811
+def test_refuses_a_card_whose_classes_differ_from_the_config(tiny_model) -> None:
     with pytest.raises(ModelError, match=r"model classes \['angry', .*\] differ from model.classes \['happy', 'sad'\]"):
         EmotionClassifier(tiny_model["int8"], expected_classes=("happy", "sad"))
     assert EmotionClassifier(tiny_model["int8"], expected_classes=load_card(tiny_model["card"]).classes)

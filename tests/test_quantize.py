@@ -3,73 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from train_helpers import TEST_PER_CLASS, run_script
 
 from edge_app.mediapipe_assets import sha256_file
 from edge_app.model_card import load_card
-
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN_PER_CLASS, VALIDATION_PER_CLASS, TEST_PER_CLASS = 80, 10, 40
-
-
-def run_script(*args: str | Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def small_fer(source: Path, target: Path) -> Path:
-    """A class-balanced slice of FER-2013 in the project's npz format (train / validation / test)."""
-    from train.data import SPLIT_NAMES, load_dataset
-
-    data = load_dataset(source)
-    rng = np.random.default_rng(0)
-    rows = []
-    for split, per_class in (("train", TRAIN_PER_CLASS), ("validation", VALIDATION_PER_CLASS),
-                             ("test", TEST_PER_CLASS)):
-        for label in range(7):
-            idx = np.flatnonzero((data.splits == SPLIT_NAMES[split]) & (data.labels == label))
-            rows.append(rng.choice(idx, per_class, replace=False))
-    rows = np.sort(np.concatenate(rows))
-    np.savez_compressed(target, pixels=data.images[rows], emotion=data.labels[rows].astype(np.uint8),
-                        usage=data.splits[rows])
-    return target
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, fer_data_path: Path) -> dict[str, Path]:
-    """A tiny fusion model trained by train/train.py on a FER-2013 slice and converted by quantize.py.
-
-    Built once per session; the files live in a fixed folder of the session's temp dir, so
-    modules that import this fixture reuse them instead of training again.
-    """
-    base = tmp_path_factory.getbasetemp() / "tiny_model"
-    paths = {"base": base, "data": base / "fer_small.npz", "cache": base / "cache", "run": base / "run",
-             "models": base / "models"}
-    paths["keras"] = paths["run"] / "model.keras"
-    paths["int8"] = paths["models"] / "fer_fusion_int8.tflite"
-    paths["card"] = paths["models"] / "fer_fusion.card.json"
-    paths["report"] = paths["models"] / "quantization_report.json"
-    if (base / "done").is_file():
-        return paths
-    base.mkdir(exist_ok=True)
-    small_fer(fer_data_path, paths["data"])
-    trained = run_script(
-        "train/train.py", "--data", paths["data"], "--out", paths["run"], "--cache-dir", paths["cache"],
-        "--epochs", "30", "--batch-size", "64", "--warmup-epochs", "0", "--widths", "8", "16", "32", "64",
-        "--lr", "3e-3", "--patience", "30",
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    converted = run_script(
-        "convert/quantize.py", "--model", paths["keras"], "--out", paths["models"], "--data", paths["data"],
-        "--cache-dir", paths["cache"], "--calibration-size", "100", "--max-accuracy-drop", "5",
-    )
-    assert converted.returncode == 0, converted.stderr[-3000:]
-    (base / "done").write_text(converted.stdout)
-    return paths
 
 
 def test_report_has_sane_figures(tiny_model: dict[str, Path]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_quantize import run_script, small_fer
+from train_helpers import run_script, small_fer
 
 from edge_app.model_card import load_card
 
