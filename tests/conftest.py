@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_helpers import close_all
 from train_helpers import run_script, small_fer
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -157,3 +158,11 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     yield make
     for broker in brokers:
         broker.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list]:
+    """MQTT publishers and subscribers made by a test (tests/mqtt_helpers.py), closed at teardown even on failure."""
+    made: list = []
+    yield made
+    close_all(made)

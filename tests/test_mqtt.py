@@ -13,21 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from mqtt_helpers import close_all, publisher, subscriber, wait_until
+from mqtt_helpers import publisher, subscriber, wait_until
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def clients():
-    """Publishers and subscribers made by a test, closed at teardown even when it fails."""
-    made: list = []
-    yield made
-    close_all(made)
 
 
 def test_topics_retained_status_discovery_and_payload_shapes(mosquitto, clients):

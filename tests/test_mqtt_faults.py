@@ -11,7 +11,6 @@ import time
 import pytest
 from mqtt_helpers import (
     assert_complete_in_order,
-    close_all,
     make_certificates,
     publisher,
     subscriber,
@@ -22,14 +21,6 @@ from mqtt_helpers import (
 from edge_app.aggregate import StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
 from edge_app.mqtt import MAX_INFLIGHT
-
-
-@pytest.fixture
-def clients():
-    """Publishers and subscribers made by a test, closed at teardown even when it fails."""
-    made: list = []
-    yield made
-    close_all(made)
 
 
 def test_broker_down_at_start_buffers_then_delivers_in_order(mosquitto, clients):

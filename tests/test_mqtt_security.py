@@ -10,20 +10,12 @@ import logging
 import subprocess
 
 import pytest
-from mqtt_helpers import close_all, make_certificates, publisher, subscriber, wait_until, windows
+from mqtt_helpers import make_certificates, publisher, subscriber, wait_until, windows
 
 from edge_app.config import ConfigError, load_config
 from edge_app.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
 
 PASSWORD = "s3cret-Pa55word"
-
-
-@pytest.fixture
-def clients():
-    """Publishers and subscribers made by a test, closed at teardown even when it fails."""
-    made: list = []
-    yield made
-    close_all(made)
 
 
 @pytest.fixture

@@ -84,7 +84,8 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
         if name.endswith(".png"):
             assert cv2.imread(str(reports / name)) is not None
     classes = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-    for mode in ("plain", "tta"):
+    assert set(report["results"]) == {"plain", "tta", "no_landmarks"}
+    for mode in ("plain", "tta", "no_landmarks"):
         result = report["results"][mode]
         assert result["n"] == 280 and 0.0 <= result["accuracy"] <= 1.0
         assert 0.0 <= result["accuracy_without_train_duplicates"] <= 1.0
@@ -101,7 +102,7 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
     assert [r["name"] for r in ablation[:2]] == ["model", "again"]
     assert ablation[0]["accuracy"] == ablation[1]["accuracy"]
     assert [r["reference"] for r in ablation[2:]] == [0.54, 0.604, 0.615, 0.622]
-    assert "| again | fusion |" in (reports / "ablation.md").read_text()
+    assert "| again | fusion | none | 560 x 1 |" in (reports / "ablation.md").read_text()
 
 
 def test_resume_continues_from_the_last_epoch(synthetic_folder: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edge_app.model_card import FACE_INPUT, ModelError, float_model_inputs, load_card  # noqa: E402
-from edge_app.preprocess import mirror_features  # noqa: E402
+from edge_app.preprocess import landmark_features, mirror_features  # noqa: E402
 from train.data import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
@@ -54,11 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def predict(model, faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
-    """Probabilities as they are (``plain``) and averaged with the mirrored face and landmarks (``tta``)."""
+    """Probabilities as they are (``plain``), averaged with the mirrored face and landmarks (``tta``), and with
+    every face given the "no landmarks" input (``no_landmarks``: what the device does when Face Mesh finds none)."""
     plain = model.predict(float_model_inputs(faces, features), batch_size=512, verbose=0)
     mirrored_inputs = float_model_inputs(faces[:, :, ::-1], mirror_features(features))
     mirrored = model.predict(mirrored_inputs, batch_size=512, verbose=0)
-    return {"plain": plain, "tta": (plain + mirrored) / 2}
+    no_landmarks = np.broadcast_to(landmark_features(None), features.shape)
+    without = model.predict(float_model_inputs(faces, no_landmarks), batch_size=512, verbose=0)
+    return {"plain": plain, "tta": (plain + mirrored) / 2, "no_landmarks": without}
 
 
 def leaked_rows(data: FaceDataset, rows: np.ndarray) -> np.ndarray:
@@ -198,6 +201,8 @@ def markdown(report: dict) -> str:
         f"| accuracy without the {report['train_duplicates']} faces also in the training split "
         f"(n = {plain['n'] - report['train_duplicates']}) | {percent(plain['accuracy_without_train_duplicates'])} | "
         f"{percent(tta['accuracy_without_train_duplicates'])} |",
+        f"| accuracy with every face given the \"no landmarks\" input | "
+        f"{percent(report['results']['no_landmarks']['accuracy'])} | |",
     ]
     for average in ("macro", "weighted"):
         for metric in ("precision", "recall", "f1"):
@@ -215,13 +220,15 @@ def markdown(report: dict) -> str:
 
 def ablation_markdown(rows: list[dict]) -> str:
     lines = ["# Ablation on the test split (PrivateTest)", "",
-             "| model | branch | accuracy | flip TTA | without train duplicates | macro F1 |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| model | branch | class balance | training faces x epochs | accuracy | flip TTA | "
+             "without train duplicates | macro F1 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if "reference" in r:
-            lines.append(f"| {r['name']} (published, for reference) | | {percent(r['reference'])} | | | |")
+            lines.append(f"| {r['name']} (published, for reference) | | | | {percent(r['reference'])} | | | |")
         else:
-            lines.append(f"| {r['name']} | {r['branch']} | {percent(r['accuracy'])} | {percent(r['tta_accuracy'])} "
+            lines.append(f"| {r['name']} | {r['branch']} | {r['class_balance']} | {r['train_images']} x {r['epochs']} "
+                         f"| {percent(r['accuracy'])} | {percent(r['tta_accuracy'])} "
                          f"| {percent(r['accuracy_without_train_duplicates'])} | {r['macro_f1']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -301,8 +308,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ablation_row(name: str, card, results: dict) -> dict:
+    recipe = card.training.get("recipe", {})
     return {
-        "name": name, "branch": card.training.get("recipe", {}).get("branch", "fusion"),
+        "name": name, "branch": recipe.get("branch", "fusion"), "class_balance": recipe.get("class_balance", "none"),
+        "train_images": card.training.get("train_images"), "epochs": recipe.get("epochs"),
         "accuracy": results["plain"]["accuracy"], "tta_accuracy": results["tta"]["accuracy"],
         "accuracy_without_train_duplicates": results["plain"]["accuracy_without_train_duplicates"],
         "macro_f1": results["plain"]["macro"]["f1"],
