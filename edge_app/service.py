@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from edge_app import sdnotify
 from edge_app.aggregate import WindowAggregator
 from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
-from edge_app.faces import Face, FacePipeline, FrameError
+from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
 from edge_app.mqtt import MqttError, MqttPublisher
 from edge_app.runtime import ModelLoadError
 from edge_app.sources import ReconnectingSource
@@ -100,6 +101,29 @@ class FrameProcessor:
         return self.pipeline.detect(rgb, ms)
 
 
+def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
+               aggregator: WindowAggregator) -> FrameResult | None:
+    """Read one frame and put what it gives into the window; None when there was no usable frame.
+
+    ``read`` returns a frame in any layout ``as_rgb8`` accepts (the source's RGB frames pass unchanged) or None
+    when there is none now (a source being reopened). A frame that cannot be an 8-bit image (empty, wrong shape or
+    dtype) is counted in ``dropped_frames`` and skipped: one bad frame never stops the service.
+    """
+    try:
+        frame = read()
+        if frame is None:
+            return None
+        rgb = as_rgb8(frame)
+    except FrameError as exc:
+        log.debug("frame dropped: %s", exc)
+        aggregator.add_dropped_frame()
+        return None
+    now = time.monotonic()
+    result = processor(rgb, now)
+    aggregator.add_frame(result.tracks, len(result.faces), now, result.ms)
+    return result
+
+
 # After SIGTERM/SIGINT the process is gone within this many seconds (systemd and the issue allow 5).
 STOP_BUDGET_S = 4.5
 
@@ -164,19 +188,11 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
 
     try:
         while not stop.requested:
-            try:
-                rgb = source.read()
-            except FrameError as exc:
-                log.debug("frame dropped: %s", exc)
-                aggregator.add_dropped_frame()
-                rgb = None
+            result = take_frame(source.read, processor, aggregator)
             now = time.monotonic()
-            if rgb is not None:
-                result = processor(rgb, now)
-                aggregator.add_frame(result.tracks, len(result.faces), now, result.ms)
-                alive = True
+            alive = alive or result is not None
             reopening = source.state.startswith("reopening")
-            if not ready and (rgb is not None or reopening):
+            if not ready and (result is not None or reopening):
                 sdnotify.ready(f"{source.name}: {source.state}")
                 ready = True
             # The watchdog is fed while frames flow, or while a lost source is being reopened on schedule (the loop
