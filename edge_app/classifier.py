@@ -55,6 +55,7 @@ class EmotionClassifier:
         path, model_delegate = self._choose_file(delegate)
         self.model = self._load(path, model_delegate, num_threads)
         if self.model.path != self.model_path and self.model.delegate_in_use != "edgetpu":  # no Edge TPU library
+            log.info("running %s on the CPU instead of %s (built for the Edge TPU)", self.model_path.name, path.name)
             self.model = self._load(self.model_path, "cpu", num_threads)
         self.model_path = self.model.path
         self.delegate_in_use = self.model.delegate_in_use
@@ -91,9 +92,15 @@ class EmotionClassifier:
                 log.warning("%s cannot run here (%s); running %s on the CPU", path.name, exc, self.model_path.name)
                 return self._load(self.model_path, "cpu", num_threads)
             raise ModelError(f"{path}: cannot load as a TFLite model ({exc})") from exc
+        inputs = {}
+        for name in (FACE_INPUT, LANDMARK_INPUT):
+            try:
+                inputs[name] = model.input_shape(model.input_name(name))
+            except KeyError:  # another network (a detector, say) that the card was made to vouch for
+                raise ModelError(f"{path}: the model has no input named like {name!r} (it has "
+                                 f"{sorted(model.inputs)}): not the emotion model its card describes") from None
         verify(
-            self.card, path, self.expected_classes, card_dir=self.card_path.parent,
-            model_inputs={name: model.input_shape(model.input_name(name)) for name in (FACE_INPUT, LANDMARK_INPUT)},
+            self.card, path, self.expected_classes, card_dir=self.card_path.parent, model_inputs=inputs,
             model_outputs=int(np.prod(next(iter(model.outputs.values()))["shape"][1:])),
         )
         return model
