@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,9 @@ def main(args: argparse.Namespace, config: Any) -> int:
             labels, predictions, extra = check_faces(args, classifier)
     except (ModelError, DataError) as exc:
         print(f"edge-emotion check: {exc}", file=sys.stderr)
+        return 2
+    except (EOFError, zipfile.BadZipFile) as exc:  # np.load on an empty or cut-short npz, in either mode
+        print(f"edge-emotion check: {args.data}: not a readable npz file ({exc})", file=sys.stderr)
         return 2
     accuracy = float(np.mean(predictions == labels))
     expected = expected_accuracy(classifier)
