@@ -104,6 +104,9 @@ def test_image_folder_with_mixed_case_classes_and_a_stratified_holdout(tmp_path,
     write_png(tmp_path / "test" / "5" / "b.jpeg", face(301))  # a FER-2013 label as the folder name
     write_png(tmp_path / "test" / "grumpy" / "c.png", face(302))  # not a class: skipped with a warning
     (tmp_path / "Test" / "angry" / "broken.png").write_bytes(b"not an image")
+    write_png(tmp_path / "Test" / "angry" / "cut.png", face(303))
+    cut = tmp_path / "Test" / "angry" / "cut.png"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # truncated: must not become a half-grey face
     (tmp_path / "train" / "happy" / "notes.txt").write_text("ignored")
     with caplog.at_level(logging.WARNING, logger="train.data"):
         data = load_image_folder(tmp_path)
@@ -116,7 +119,8 @@ def test_image_folder_with_mixed_case_classes_and_a_stratified_holdout(tmp_path,
     assert counts[("angry", TEST)] == 1 and counts[("surprise", TEST)] == 1
     angry = data.images[data.labels == EMOTIONS.index("angry")]
     assert any(np.array_equal(image, face(0)) for image in angry)  # PNG pixels kept exactly
-    assert "broken.png: not a readable image, skipped" in caplog.text and "1 malformed image(s) skipped" in caplog.text
+    assert "broken.png: not an image" in caplog.text and "cut.png: truncated image" in caplog.text
+    assert "2 malformed image(s) skipped" in caplog.text
     assert "grumpy: not an emotion class folder" in caplog.text
     again = load_image_folder(tmp_path)
     assert np.array_equal(again.splits, data.splits), "the hold-out is seeded"

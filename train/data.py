@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge_app.emotions import EMOTIONS, fer_label_map
+from edge_app.sources import ImageError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def load_npz(path: Path) -> FaceDataset:
                 raise DataError(f"{path}: npz lacks array(s) {sorted(missing)}; expected pixels, emotion, usage")
             images, labels, splits = data["pixels"], data["emotion"].astype(np.int64), data["usage"].astype(np.uint8)
             votes = data["ferplus_votes"] if "ferplus_votes" in data.files else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOF/BadZip: an empty or cut-short npz
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable npz file ({exc})") from exc
@@ -228,9 +230,10 @@ def load_image_folder(path: str | Path) -> FaceDataset:
                             class_dir, ", ".join(EMOTIONS))
                 continue
             for file in sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-                image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
-                if image is None or image.size == 0:
-                    skipped(str(file), "not a readable image")
+                try:
+                    image = cv2.cvtColor(read_image(file), cv2.COLOR_RGB2GRAY)
+                except ImageError as exc:
+                    skipped(str(file), str(exc).removeprefix(f"{file}: "))
                     continue
                 if image.shape != (FACE_SIDE, FACE_SIDE):
                     image = cv2.resize(image, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_AREA)
