@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from media_helpers import demo_face_bgr, write_video
 
 from edge_app.annotate import FaceResult, draw_faces
 from edge_app.sources import demo_image, read_image
@@ -39,11 +40,7 @@ def test_annotate_photo_writes_the_picture_and_json_lines(tmp_path: Path) -> Non
 
 def test_annotate_video(tmp_path: Path) -> None:
     video, output = tmp_path / "in.avi", tmp_path / "out.avi"
-    face = cv2.imread(str(demo_image()))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, face.shape[1::-1])
-    for _ in range(3):
-        writer.write(face)
-    writer.release()
+    write_video(video, [demo_face_bgr()] * 3, fps=5)
     result = _cli("annotate", str(video), "-o", str(output), "--json")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["frame"] for line in result.stdout.splitlines()] == [0, 1, 2]
@@ -88,11 +85,7 @@ def test_annotate_goes_on_after_bad_files(tmp_path: Path) -> None:
     for kind, path in bad.items():
         _bad_input(path, kind)
     video = inputs / "c_clip.avi"
-    face = cv2.imread(str(demo_image()))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, face.shape[1::-1])
-    for _ in range(2):
-        writer.write(face)
-    writer.release()
+    write_video(video, [demo_face_bgr()] * 2, fps=5)
     out = tmp_path / "out"
     result = _cli("annotate", str(good), *map(str, bad.values()), str(video), "-o", str(out), "--json")
     assert result.returncode == 1, result.stderr

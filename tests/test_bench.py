@@ -6,9 +6,7 @@ import json
 import subprocess
 import sys
 
-import cv2
-
-from edge_app.sources import demo_image
+from media_helpers import demo_face_bgr, write_video
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -38,11 +36,7 @@ def test_bench_prints_one_json_with_stages_and_memory() -> None:
 
 def test_bench_on_a_video_and_a_bad_source(tmp_path) -> None:
     video = tmp_path / "clip.avi"
-    face = cv2.imread(str(demo_image()))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, face.shape[1::-1])
-    for _ in range(8):
-        writer.write(face)
-    writer.release()
+    write_video(video, [demo_face_bgr()] * 8)
     result = _cli("bench", "--source", str(video), "--frames", "20", "--warmup", "2")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import skimage.data
+from media_helpers import write_video
 from mqtt_helpers import Subscriber
 
 from edge_app.aggregate import EmotionsMessage, StatsMessage
@@ -34,14 +35,13 @@ NUMBER_RUN = re.compile(r"(?:[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?:[,;\s\[\]()]|\.\
 def moving_face_video(path: Path) -> None:
     """The astronaut photo drifting and turning a little, as a person in front of a camera: MJPG in AVI."""
     photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20, (512, 512))
-    assert writer.isOpened()
-    for i in range(FRAMES):
-        angle = 4 * np.sin(i / 6)
-        matrix = cv2.getRotationMatrix2D((256, 256), angle, 1.0)
+
+    def frame(i: int) -> np.ndarray:
+        matrix = cv2.getRotationMatrix2D((256, 256), 4 * np.sin(i / 6), 1.0)
         matrix[:, 2] += (8 * np.sin(i / 5), 5 * np.cos(i / 7))
-        writer.write(cv2.warpAffine(photo, matrix, (512, 512), borderMode=cv2.BORDER_REPLICATE))
-    writer.release()
+        return cv2.warpAffine(photo, matrix, (512, 512), borderMode=cv2.BORDER_REPLICATE)
+
+    write_video(path, (frame(i) for i in range(FRAMES)), fps=20)
 
 
 def listing(folder: Path) -> dict[str, int]:

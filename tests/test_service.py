@@ -12,14 +12,13 @@ import sys
 import threading
 import time
 
-import cv2
 import paho.mqtt.client as mqtt
 import skimage.data
+from media_helpers import demo_face_bgr, write_video
 
 from edge_app import sdnotify
 from edge_app.config import load_config
 from edge_app.service import FrameProcessor, load_models
-from edge_app.sources import demo_image
 from edge_app.tracker import Tracker
 
 
@@ -166,11 +165,7 @@ def test_sdnotify_abstract_socket_and_no_socket(monkeypatch) -> None:
 
 def test_video_that_ends_publishes_its_last_window_and_exits_cleanly(mosquitto, tmp_path) -> None:
     video = tmp_path / "faces.avi"
-    face = cv2.imread(str(demo_image()))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, face.shape[1::-1])
-    for _ in range(15):
-        writer.write(face)
-    writer.release()
+    write_video(video, [demo_face_bgr()] * 15)
     broker = mosquitto()
     received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
     secret = "s3cret-Passw0rd"

@@ -15,11 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
+from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import Subscriber, wait_until
-
-from edge_app.sources import demo_image
 
 WATCHDOG_S = 0.2  # WATCHDOG_USEC=400000: the service pings every half of it
 
@@ -36,11 +34,8 @@ def _listen(sock: socket.socket, messages: list[tuple[float, str]], done: thread
 
 def test_video_corrupted_mid_run_is_reopened_with_backoff_and_the_watchdog_stays_fed(mosquitto, tmp_path: Path) -> None:
     video = tmp_path / "faces.avi"
-    face = cv2.imread(str(demo_image()))
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20, face.shape[1::-1])
-    for i in range(30):
-        writer.write(np.roll(face, i, axis=1))
-    writer.release()
+    face = demo_face_bgr()
+    write_video(video, (np.roll(face, i, axis=1) for i in range(30)), fps=20)
     original = video.read_bytes()
     broker = mosquitto()
     subscriber = Subscriber(broker, ["emotion/testcam/#"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from media_helpers import write_video
 
 from edge_app.config import ConfigError, SourceConfig, load_config
 from edge_app.faces import FrameError
@@ -56,12 +57,8 @@ def demo_rgb() -> np.ndarray:
 def video(tmp_path_factory: pytest.TempPathFactory, demo_rgb: np.ndarray) -> Path:
     """A real MJPEG video of the demo face, one frame darker each time (so frames can be told apart)."""
     path = tmp_path_factory.mktemp("video") / "faces.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
-    assert writer.isOpened()
-    for i in range(VIDEO_FRAMES):
-        writer.write(cv2.cvtColor((demo_rgb * (1 - i / 40)).astype(np.uint8), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    return write_video(path, (cv2.cvtColor((demo_rgb * (1 - i / 40)).astype(np.uint8), cv2.COLOR_RGB2BGR)
+                              for i in range(VIDEO_FRAMES)))
 
 
 def test_demo_photo_is_the_bundled_astronaut_and_loops(demo_rgb: np.ndarray) -> None:
