@@ -81,6 +81,7 @@ class StatsMessage(Payload):
     latency_ms: Latency
     frames: Annotated[int, Field(ge=0)]
     dropped_frames: Annotated[int, Field(ge=0)]
+    skipped_detections: Annotated[int, Field(ge=0)]
     buffered_messages: Annotated[int, Field(ge=0)]
     dropped_messages: Annotated[int, Field(ge=0)]
     delegate: Literal["cpu", "edgetpu", "gpu"]
@@ -134,6 +135,7 @@ class WindowAggregator:
         self.started = now
         self.frames_total = 0
         self.dropped_frames_total = 0
+        self.skipped_detections_total = 0
         self._next_seq = 1
         self._window_start = now
         self._tracks: dict[int, _TrackWindow] = {}
@@ -147,10 +149,12 @@ class WindowAggregator:
         return cls(classes, section.window_s, device, now)
 
     def add_frame(self, tracks: Sequence[Track], faces_now: int, now: float,
-                  latencies: Mapping[str, float] | None = None) -> None:
-        """Record one processed frame: the tracks alive in it and the per-stage milliseconds that were measured."""
+                  latencies: Mapping[str, float] | None = None, skipped_detections: int = 0) -> None:
+        """Record one processed frame: the tracks alive in it, the per-stage milliseconds that were measured, and
+        the faces the detector found but the pipeline left out (too small, or beyond the face limit)."""
         self._current.frames += 1
         self.frames_total += 1
+        self.skipped_detections_total += int(skipped_detections)
         self._faces_now = int(faces_now)
         for stage, ms in (latencies or {}).items():
             if stage in self._current.latency_sum and math.isfinite(ms):
@@ -214,6 +218,7 @@ class WindowAggregator:
             latency_ms=window.latency_ms(),
             frames=self.frames_total,
             dropped_frames=self.dropped_frames_total,
+            skipped_detections=self.skipped_detections_total,
             buffered_messages=buffered_messages,
             dropped_messages=dropped_messages,
             delegate=delegate,

@@ -171,7 +171,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             now = time.monotonic()
             result = processor(rgb, now)
             t2 = time.perf_counter()
-            aggregator.add_frame(result.tracks, len(result.faces), now, result.ms)
+            aggregator.add_frame(result.tracks, len(result.faces), now, result.ms, result.skipped_detections)
             t3 = time.perf_counter()
             publish_ms = None
             if aggregator.due(now):

@@ -95,6 +95,7 @@ class FacePipeline:
         self.min_landmark_score = min_landmark_score
         self.min_face_px = min_face_px
         self.max_faces = max_faces
+        self.skipped_detections = 0  # faces the last detect() left out: under min_face_px or beyond max_faces
 
     def detect(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> list[Face]:
         """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``.
@@ -102,8 +103,9 @@ class FacePipeline:
         ``ms``, when given, has the milliseconds of ``detect`` and ``landmarks`` added to what it holds.
         """
         start = time.perf_counter()
-        detections = [d for d in self.detector(rgb) if d.width >= self.min_face_px]
-        detections.sort(key=lambda d: -d.width)
+        found_by_detector = self.detector(rgb)
+        detections = sorted((d for d in found_by_detector if d.width >= self.min_face_px), key=lambda d: -d.width)
+        self.skipped_detections = len(found_by_detector) - min(len(detections), self.max_faces)
         start = _add_ms(ms, "detect", start)
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         faces = (self._face(rgb, gray, roi_from_detection(d), d) for d in detections[: self.max_faces])

@@ -58,12 +58,14 @@ class FrameResult:
     """What one frame gave: the faces (on-device only), their tracks (in the same order), and stage milliseconds.
 
     ``ms`` has ``detect`` (the face detector) on detection frames, ``landmarks`` (Face Mesh, crops and features,
-    whether the faces were found or followed), ``classify``, ``track`` and ``total``.
+    whether the faces were found or followed), ``classify``, ``track`` and ``total``. ``skipped_detections``: faces
+    the detector found in this frame that were left out (under ``detection.min_face_px``, beyond ``max_faces``).
     """
 
     faces: list[Face]
     tracks: list[Track]
     ms: dict[str, float] = field(default_factory=dict)
+    skipped_detections: int = 0
 
 
 class FrameProcessor:
@@ -82,7 +84,7 @@ class FrameProcessor:
     def __call__(self, rgb: np.ndarray, now: float) -> FrameResult:
         ms: dict[str, float] = {}
         t0 = time.perf_counter()
-        faces = self._faces(rgb, ms)
+        faces, skipped = self._faces(rgb, ms)
         t1 = time.perf_counter()
         probabilities = [self.classifier.predict(face.crop, face.features) for face in faces]
         t2 = time.perf_counter()
@@ -91,14 +93,16 @@ class FrameProcessor:
         ms.update(classify=(t2 - t1) * 1000, track=(t3 - t2) * 1000, total=(t3 - t0) * 1000)
         self._previous = faces
         self.frame_index += 1
-        return FrameResult(faces, tracks, ms)
+        return FrameResult(faces, tracks, ms, skipped)
 
-    def _faces(self, rgb: np.ndarray, ms: dict[str, float]) -> list[Face]:
+    def _faces(self, rgb: np.ndarray, ms: dict[str, float]) -> tuple[list[Face], int]:
+        """This frame's faces and how many detections were left out (0 when the faces were followed)."""
         if self._previous and self.frame_index % self.every_n_frames:
             followed = self.pipeline.follow(rgb, self._previous, ms)
             if all(face is not None for face in followed):
-                return followed  # type: ignore[return-value]
-        return self.pipeline.detect(rgb, ms)
+                return followed, 0  # type: ignore[return-value]
+        faces = self.pipeline.detect(rgb, ms)
+        return faces, self.pipeline.skipped_detections
 
 
 def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
@@ -120,7 +124,7 @@ def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
         return None
     now = time.monotonic()
     result = processor(rgb, now)
-    aggregator.add_frame(result.tracks, len(result.faces), now, result.ms)
+    aggregator.add_frame(result.tracks, len(result.faces), now, result.ms, result.skipped_detections)
     return result
 
 

@@ -69,6 +69,8 @@ CASES: dict[str, tuple[Callable[[], np.ndarray | None], str | int]] = {
     "face cut by the bottom edge": (lambda: np.ascontiguousarray(ASTRONAUT[:140]), 1),
     "face in the corner, three quarters cut": (lambda: np.ascontiguousarray(ASTRONAUT[120:, 230:]), 0),
 }
+# Faces the detector finds in one detection frame that are left out, and counted in stats.
+SKIPPED_DETECTIONS = {"16 faces, max_faces 10": 16 - MAX_FACES, "tiny faces below min_face_px": 16}
 
 
 class RecordingModel:
@@ -118,6 +120,7 @@ def test_bad_frames_are_processed_or_skipped_and_counted(models, recorder: Recor
     else:
         assert aggregator.frames_total == 2 and aggregator.dropped_frames_total == 0
         assert [len(r.faces) for r in results] == [expected, expected], case
+        assert results[0].skipped_detections == SKIPPED_DETECTIONS.get(case, 0), case
         for result in results:
             assert len(result.tracks) == len(result.faces)
             for face in result.faces:
@@ -129,6 +132,7 @@ def test_bad_frames_are_processed_or_skipped_and_counted(models, recorder: Recor
     message = aggregator.flush(2.0)  # the window still closes into a valid payload
     stats = aggregator.stats(2.0, buffered_messages=0, dropped_messages=0, delegate="cpu", source_state="ok")
     assert stats.dropped_frames == aggregator.dropped_frames_total and stats.frames == aggregator.frames_total
+    assert stats.skipped_detections == sum(r.skipped_detections for r in results if r is not None)
     if isinstance(expected, int) and expected:
         assert message.faces == expected and len(message.tracks) == expected
         # A whole smiling face reads as happy; a cut one may not (the bottom cut loses the smile).
