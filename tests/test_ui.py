@@ -152,9 +152,11 @@ def _png_claiming(width: int, height: int) -> bytes:
     (b"GIF89a" + bytes(200), 415, "not a JPEG or PNG"),
     (encode(ASTRONAUT, ".jpg")[:3000], 422, "damaged or cut short"),
     (encode(ASTRONAUT, ".png")[:3000], 422, "damaged or cut short"),
+    (encode(ASTRONAUT, ".jpg")[:-5000], 422, "damaged or cut short"),  # cut inside the picture, past the header
     (_png_claiming(20000, 20000), 413, "megapixels"),
     (encode(data.coffee(), ".jpg"), 422, "No face found"),
-], ids=["empty", "text", "gif", "truncated-jpeg", "truncated-png", "pixel-bomb", "no-face"])
+], ids=["empty", "text", "gif", "truncated-jpeg", "truncated-png", "jpeg-cut-in-its-picture", "pixel-bomb",
+                           "no-face"])
 def test_unusable_uploads_get_a_clear_message(url: str, body: bytes, status: int, message: str) -> None:
     got, answer = detect(url, body)
     assert got == status and message in answer["error"] and set(answer) == {"error"}
