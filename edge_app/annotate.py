@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
-from edge_app.faces import FacePipeline, FrameError, as_rgb8
+from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
 from edge_app.runtime import ModelLoadError
 from edge_app.service import load_models
 from edge_app.sources import IMAGE_SUFFIXES, ImageError, read_image
@@ -57,13 +57,17 @@ class FaceResult:
                 "probabilities": {c: round(float(p), 4) for c, p in self.probabilities.items()}}
 
 
-def classify_faces(rgb: np.ndarray, pipeline: FacePipeline, classifier: EmotionClassifier) -> list[FaceResult]:
-    """Every face the pipeline finds in ``rgb`` with its emotion probabilities."""
-    results = []
+def classify_faces(rgb: np.ndarray, pipeline: FacePipeline,
+                   classifier: EmotionClassifier) -> list[tuple[Face, FaceResult]]:
+    """Every face the pipeline finds in ``rgb`` with its result (box and emotion probabilities).
+
+    The face itself (crop, landmarks) is for on-machine use only, such as the preview page's Grad-CAM.
+    """
+    pairs = []
     for face in pipeline.detect(rgb):
         probabilities = classifier.predict(face.crop, face.features)
-        results.append(FaceResult(face.box.tolist(), dict(zip(classifier.classes, probabilities.tolist()))))
-    return results
+        pairs.append((face, FaceResult(face.box.tolist(), dict(zip(classifier.classes, probabilities.tolist())))))
+    return pairs
 
 
 def draw_faces(rgb: np.ndarray, results: Sequence[FaceResult]) -> np.ndarray:
@@ -194,7 +198,7 @@ def annotate_frames(frames: Iterator[np.ndarray], fps: float, source: Path, outp
     faces = count = 0
     try:
         for index, rgb in enumerate(frames):
-            results = classify_faces(rgb, pipeline, classifier)
+            results = [result for _, result in classify_faces(rgb, pipeline, classifier)]
             faces += len(results)
             count += 1
             if json_lines:

@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 
 from edge_app import gradcam
-from edge_app.annotate import COLOURS, OTHER_COLOUR, FaceResult, draw_faces
+from edge_app.annotate import COLOURS, OTHER_COLOUR, classify_faces, draw_faces
 from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
 from edge_app.emotions import DESCRIPTIONS
-from edge_app.faces import Face, FacePipeline, as_rgb8
+from edge_app.faces import FacePipeline, as_rgb8
 from edge_app.model_card import ModelError, verify
 from edge_app.runtime import ModelLoadError
 from edge_app.service import load_models
@@ -161,21 +161,12 @@ class PreviewApp:
         return (PAGE.replace("__MAX_UPLOAD_BYTES__", str(self.max_upload_bytes))
                 .replace("__MAX_UPLOAD_MB__", f"{self.max_upload_bytes / MB:g}").encode())
 
-    def _faces(self, rgb: np.ndarray) -> list[tuple[Face, FaceResult]]:
-        """Each face with its result. (``annotate.classify_faces`` keeps no crop, and Grad-CAM needs it.)"""
-        pairs = []
-        for face in self.pipeline.detect(rgb):
-            probabilities = self.classifier.predict(face.crop, face.features)
-            pairs.append((face, FaceResult(face.box.tolist(), dict(zip(self.classifier.classes,
-                                                                       probabilities.tolist())))))
-        return pairs
-
     def analyse(self, data: bytes) -> dict:
         """The JSON answer for one uploaded photo: the annotated image and, per face, box, emotion, probabilities,
         description and heat map. ``UploadError`` for a photo the page cannot use."""
         rgb, kind = decode_upload(data)
         with self.lock:
-            pairs = self._faces(rgb)
+            pairs = classify_faces(rgb, self.pipeline, self.classifier)
             if not pairs:
                 raise UploadError("No face found in this photo. Faces must face the camera and be at least "
                                   f"{self.pipeline.min_face_px} pixels wide.")
