@@ -12,27 +12,14 @@ import sys
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 import skimage.data
 from media_helpers import demo_face_bgr, write_video
+from mqtt_helpers import subscriber
 
 from edge_app import sdnotify
 from edge_app.config import load_config
 from edge_app.service import FrameProcessor, load_models
 from edge_app.tracker import Tracker
-
-
-def _collect(host: str, port: int, topics: list[tuple[str, int]]) -> tuple[list[tuple[str, bytes]], mqtt.Client]:
-    received: list[tuple[str, bytes]] = []
-    ready = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.on_connect = lambda c, *_: (c.subscribe(topics), ready.set())
-    client.on_message = lambda _c, _u, msg: received.append((msg.topic, msg.payload))
-    client.connect(host, port)
-    client.loop_start()
-    assert ready.wait(5)
-    time.sleep(0.2)
-    return received, client
 
 
 def _run(port: int, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -43,15 +30,14 @@ def _run(port: int, *extra: str, timeout: float = 90) -> subprocess.CompletedPro
     )
 
 
-def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto) -> None:
+def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto, clients) -> None:
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1), ("homeassistant/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/testcam/#", "homeassistant/#"])
     result = _run(broker.port, "run", "--max-windows", "3")
     time.sleep(0.5)
-    client.loop_stop()
     assert result.returncode == 0, result.stderr
     by_topic: dict[str, list[dict | str]] = {}
-    for topic, payload in received:
+    for topic, payload, _ in sub.messages:
         text = payload.decode()
         by_topic.setdefault(topic, []).append(json.loads(text) if text.startswith("{") else text)
     assert by_topic["emotion/testcam/status"][0] == "online"
@@ -68,16 +54,16 @@ def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto) -> No
     assert any(topic.startswith("homeassistant/sensor/testcam/") for topic in by_topic)
 
 
-def test_sigterm_publishes_the_last_window_and_exits_cleanly(mosquitto) -> None:
+def test_sigterm_publishes_the_last_window_and_exits_cleanly(mosquitto, clients) -> None:
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/testcam/#"])
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
          "--set", "aggregate.window_s=60", "run"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and ("emotion/testcam/status", b"online") not in received:
+    while time.monotonic() < deadline and b"online" not in sub.on("emotion/testcam/status"):
         time.sleep(0.2)
     time.sleep(2)  # some frames into the first window
     process.terminate()
@@ -85,21 +71,19 @@ def test_sigterm_publishes_the_last_window_and_exits_cleanly(mosquitto) -> None:
     assert process.wait(timeout=10) == 0
     assert time.monotonic() - started < 5
     time.sleep(0.5)
-    client.loop_stop()
-    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert len(windows) == 1 and windows[0]["frames"] > 0  # the partial window was not lost
-    statuses = [p for t, p in received if t == "emotion/testcam/status"]
+    statuses = sub.on("emotion/testcam/status")
     assert statuses[-1] == b"offline"
 
 
-def test_missing_model_is_one_clear_line_and_nothing_is_published(mosquitto, tmp_path) -> None:
+def test_missing_model_is_one_clear_line_and_nothing_is_published(mosquitto, clients, tmp_path) -> None:
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/#"])
     result = _run(broker.port, "--set", f"model.path={tmp_path / 'nothing.tflite'}", "run", "--max-windows", "1")
-    client.loop_stop()
     assert result.returncode == 2
     assert "nothing.tflite" in result.stderr and "Traceback" not in result.stderr
-    assert received == []
+    assert sub.messages == []
 
 
 def _notifications(sock: socket.socket) -> list[str]:
@@ -163,24 +147,23 @@ def test_sdnotify_abstract_socket_and_no_socket(monkeypatch) -> None:
     assert sdnotify.watchdog_interval() is None
 
 
-def test_video_that_ends_publishes_its_last_window_and_exits_cleanly(mosquitto, tmp_path) -> None:
+def test_video_that_ends_publishes_its_last_window_and_exits_cleanly(mosquitto, clients, tmp_path) -> None:
     video = tmp_path / "faces.avi"
     write_video(video, [demo_face_bgr()] * 15)
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/testcam/#"])
     secret = "s3cret-Passw0rd"
     result = _run(broker.port, "--set", f"source.uri={video}", "--set", "source.loop=false", "--set", "source.fps=10",
                   "--set", "mqtt.username=edge", "--set", f"mqtt.password={secret}", "--log-level", "DEBUG", "run")
     time.sleep(0.5)
-    client.loop_stop()
     assert result.returncode == 0, result.stderr
     assert "has ended" in result.stderr and secret not in result.stderr + result.stdout
-    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert sum(w["frames"] for w in windows) == 15  # every frame counted, the last partial window included
     assert [w["seq"] for w in windows] == list(range(1, len(windows) + 1))
     assert windows[0]["dominant"] == "happy"
-    assert [p for t, p in received if t == "emotion/testcam/status"][-1] == b"offline"
-    for topic, payload in received:  # privacy: small payloads with no arrays of numbers and no long strings
+    assert sub.on("emotion/testcam/status")[-1] == b"offline"
+    for topic, payload, _ in sub.messages:  # privacy: small payloads with no arrays of numbers and no long strings
         assert len(payload) < 4000, topic
         _assert_no_picture_or_points(json.loads(payload) if payload.startswith(b"{") else payload.decode())
 
@@ -197,28 +180,26 @@ def _assert_no_picture_or_points(value: object) -> None:
         assert len(value) < 200, value
 
 
-def test_missing_camera_keeps_the_service_publishing_and_reopening(mosquitto) -> None:
+def test_missing_camera_keeps_the_service_publishing_and_reopening(mosquitto, clients) -> None:
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/testcam/#"])
     result = _run(broker.port, "--set", "source.uri=63", "--set", "source.reopen_initial_s=0.2", "run",
                   "--max-windows", "2")
     time.sleep(0.5)
-    client.loop_stop()
     assert result.returncode == 0, result.stderr
-    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert [w["seq"] for w in windows] == [1, 2] and all(w["faces"] == 0 and w["frames"] == 0 for w in windows)
-    stats = [json.loads(p) for t, p in received if t == "emotion/testcam/stats"]
+    stats = [json.loads(p) for p in sub.on("emotion/testcam/stats")]
     assert stats and all(s["source_state"] == "reopening" for s in stats)
     assert "source '63': cannot open" in result.stderr
 
 
-def test_a_source_uri_that_means_nothing_is_one_line_and_exit_2(mosquitto, tmp_path) -> None:
+def test_a_source_uri_that_means_nothing_is_one_line_and_exit_2(mosquitto, clients, tmp_path) -> None:
     broker = mosquitto()
-    received, client = _collect(broker.host, broker.port, [("emotion/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/#"])
     result = _run(broker.port, "--set", f"source.uri={tmp_path / 'missing.mp4'}", "run", "--max-windows", "1")
-    client.loop_stop()
     assert result.returncode == 2 and "source.uri:" in result.stderr and "missing.mp4" in result.stderr
-    assert "Traceback" not in result.stderr and received == []
+    assert "Traceback" not in result.stderr and sub.messages == []
 
 
 def test_run_writes_nothing_to_disk(tmp_path) -> None:
@@ -267,13 +248,13 @@ def test_face_pipeline_adds_to_the_stage_times_it_is_given() -> None:
     assert pipeline.detect(rgb) and pipeline.follow(rgb, faces)  # timing is optional
 
 
-def test_sigint_while_a_stream_hangs_still_exits_0_within_5_s(mosquitto) -> None:
+def test_sigint_while_a_stream_hangs_still_exits_0_within_5_s(mosquitto, clients) -> None:
     """The source is a server that accepts and never answers: the open blocks, SIGINT must still end it in time."""
     broker = mosquitto()
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
-    received, client = _collect(broker.host, broker.port, [("emotion/testcam/#", 1)])
+    sub = subscriber(clients, broker, ["emotion/testcam/#"])
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
          "--set", f"source.uri=http://127.0.0.1:{server.getsockname()[1]}/live", "run"],
@@ -289,8 +270,7 @@ def test_sigint_while_a_stream_hangs_still_exits_0_within_5_s(mosquitto) -> None
     assert process.wait(timeout=10) == 0, process.stderr.read() if process.stderr else ""
     assert time.monotonic() - started < 5
     time.sleep(0.3)
-    client.loop_stop()
     server.close()
-    windows = [json.loads(p) for t, p in received if t == "emotion/testcam/emotions"]
+    windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert len(windows) == 1 and windows[0]["frames"] == 0 and windows[0]["faces"] == 0
-    assert [p for t, p in received if t == "emotion/testcam/status"][-1] == b"offline"
+    assert sub.on("emotion/testcam/status")[-1] == b"offline"
