@@ -28,6 +28,8 @@ DEVICE_INPUTS: dict[str, tuple[int, ...]] = {
     LANDMARK_INPUT: (LANDMARK_FEATURES,),
 }
 DEFAULT_MODEL_NAME = "fer_fusion_int8.tflite"
+# Keys of ModelCard.files, one per file convert/quantize.py (or the Edge TPU compiler) makes.
+FILE_KINDS = ("keras", "int8", "float16", "edgetpu_ready", "edgetpu")
 
 
 def float_model_inputs(faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
@@ -35,9 +37,6 @@ def float_model_inputs(faces: np.ndarray, features: np.ndarray) -> dict[str, np.
     landmark features (N, F). Training, evaluation, conversion and Grad-CAM all feed it through this one function.
     """
     return {FACE_INPUT: faces[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features.astype(np.float32)}
-
-# Keys of ModelCard.files, one per file convert/quantize.py (or the Edge TPU compiler) makes.
-FILE_KINDS = ("keras", "int8", "float16", "edgetpu_ready", "edgetpu")
 
 
 class ModelError(ModelLoadError):
