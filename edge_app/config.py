@@ -483,7 +483,10 @@ def _describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str
 
 def _describe(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
-    path = "".join(f"[{key}]" if isinstance(key, int) else f".{_printable(key)}" for key in loc).lstrip(".")
+    path = "".join(
+        f"[{key}]" if isinstance(key, int) else f"{'.' if index else ''}{_printable(key)}"
+        for index, key in enumerate(loc)
+    )
     path = path or "(top level)"
     kind = error["type"]
     if kind == "config_rule":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge_app import cli
@@ -199,12 +199,15 @@ def assert_one_line_naming_where(message: str, path: Path, document: object, ove
     assert message and "\n" not in message and "Traceback" not in message
     starts = [f"{path}: ", "--set "]
     starts += [shown_key(key) for key in document] if isinstance(document, dict) else []
-    starts += [item.partition("=")[0].strip() for item in overrides]
+    for item in overrides:  # an override's key, or the first of its parents that is wrong (a: unknown key, for a.b.c)
+        parts = item.partition("=")[0].strip().split(".")
+        starts += [".".join(parts[:end]) + ":" for end in range(1, len(parts) + 1)]
     assert any(message.startswith(start) for start in starts if start), message
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=sections | values, overrides=st.lists(override, max_size=2))
+@example(document={}, overrides=["a.b.c="])  # the error names "a", the wrong part of the override's key
 def test_the_loader_only_ever_returns_a_config_or_raises_config_error(document, overrides) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.yaml"
@@ -225,6 +228,8 @@ yaml_like = st.lists(st.sampled_from(yaml_tokens), max_size=30).map("".join)
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=yaml_like | st.text(max_size=40) | st.binary(max_size=40))
+@example(text=".:")  # a key that is only a dot once read "(top level): unknown key"
+@example(text="mqtt:\n  .: 1")
 def test_random_yaml_text_gives_a_config_or_one_line_naming_the_file_or_key(text) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.yaml"
