@@ -107,8 +107,7 @@ class FacePipeline:
         detections = sorted((d for d in found_by_detector if d.width >= self.min_face_px), key=lambda d: -d.width)
         self.skipped_detections = len(found_by_detector) - min(len(detections), self.max_faces)
         start = _add_ms(ms, "detect", start)
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        faces = (self._face(rgb, gray, roi_from_detection(d), d) for d in detections[: self.max_faces])
+        faces = (self._face(rgb, roi_from_detection(d), d) for d in detections[: self.max_faces])
         found = [f for f in faces if f is not None]
         _add_ms(ms, "landmarks", start)
         return found
@@ -119,13 +118,12 @@ class FacePipeline:
         ``ms``, when given, has the milliseconds of ``landmarks`` added to what it holds.
         """
         start = time.perf_counter()
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         followed: list[Face | None] = []
         for face in previous:
             if face.landmarks is None:
                 followed.append(None)
                 continue
-            found = self._face(rgb, gray, roi_from_landmarks(face.landmarks), None)
+            found = self._face(rgb, roi_from_landmarks(face.landmarks), None)
             followed.append(found if found is not None and found.width >= self.min_face_px else None)
         _add_ms(ms, "landmarks", start)
         return followed
@@ -145,7 +143,7 @@ class FacePipeline:
         points[:, :2] -= border
         return points * (CROP_SIZE / SMALL_FACE_UPSCALE)
 
-    def _face(self, rgb: np.ndarray, gray: np.ndarray, roi: Roi, detection: Detection | None) -> Face | None:
+    def _face(self, rgb: np.ndarray, roi: Roi, detection: Detection | None) -> Face | None:
         """The face in ``roi``; without landmarks it is framed from the detection's eyes, or None."""
         landmarks, presence = self.mesh(rgb, roi)
         if presence >= self.min_landmark_score and np.all(np.isfinite(landmarks)):
@@ -158,5 +156,5 @@ class FacePipeline:
             landmarks = None
             right, left = detection.keypoints[0], detection.keypoints[1]
             box, score = detection.box, detection.score
-        crop = crop_face(gray, right, left, self.crop_spec)
+        crop = crop_face(rgb, right, left, self.crop_spec)
         return Face(np.asarray(box, np.float32), float(score), landmarks, crop, landmark_features(landmarks))

@@ -53,8 +53,12 @@ def _eye_frame(right_eye: np.ndarray, left_eye: np.ndarray) -> tuple[np.ndarray,
     return mid, float(np.hypot(*delta)), float(np.arctan2(delta[1], delta[0]))
 
 
-def crop_face(gray: np.ndarray, right_eye: np.ndarray, left_eye: np.ndarray, spec: CropSpec) -> np.ndarray:
-    """A level 48x48 uint8 crop framed from the eye centres (in pixels of ``gray``)."""
+def crop_face(image: np.ndarray, right_eye: np.ndarray, left_eye: np.ndarray, spec: CropSpec) -> np.ndarray:
+    """A level 48x48 uint8 grayscale crop framed from the eye centres (in pixels of ``image``).
+
+    ``image`` is grayscale (training data) or RGB (camera frames): an RGB face is turned
+    grey after it is cut out, so a frame costs no whole-frame colour conversion.
+    """
     mid, iod, roll = _eye_frame(np.asarray(right_eye, np.float64), np.asarray(left_eye, np.float64))
     side = max(spec.size_iod * iod, 1.0)
     c, s = np.cos(roll), np.sin(roll)
@@ -67,9 +71,11 @@ def crop_face(gray: np.ndarray, right_eye: np.ndarray, left_eye: np.ndarray, spe
     a = np.array([[c * k, -s * k], [s * k, c * k]])
     t = centre - a @ np.array([out / 2.0, out / 2.0]) + a @ [0.5, 0.5] - 0.5
     warped = cv2.warpAffine(
-        gray, np.hstack([a, t[:, None]]), (out, out),
+        image, np.hstack([a, t[:, None]]), (out, out),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
     )
+    if warped.ndim == 3:
+        warped = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
     if factor > 1:
         warped = cv2.resize(warped, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
     return warped
