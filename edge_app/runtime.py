@@ -7,6 +7,7 @@ by position: the TFLite converter reorders a multi-input model's inputs.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -78,6 +79,16 @@ def _dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     return (value.astype(np.float32) - zero_point) * scale
 
 
+def _load_delegate_library(load_delegate: Any, library: str) -> Any:
+    """``load_delegate(library)``, after checking that the shared library loads at all.
+
+    A missing library then raises OSError before a Delegate object exists: a half-built
+    one prints an "Exception ignored in Delegate.__del__" traceback when it is collected.
+    """
+    ctypes.CDLL(library)
+    return load_delegate(library)
+
+
 class TFLiteModel:
     """One TFLite model with named float inputs/outputs, (de)quantizing int8 tensors itself.
 
@@ -125,11 +136,11 @@ class TFLiteModel:
     @staticmethod
     def _load_delegate(load_delegate: Any, delegate: str) -> Any:
         if delegate == "edgetpu":
-            return load_delegate(_EDGETPU_LIBRARY)
+            return _load_delegate_library(load_delegate, _EDGETPU_LIBRARY)
         errors = []
         for library in _GPU_LIBRARIES:
             try:
-                return load_delegate(library)
+                return _load_delegate_library(load_delegate, library)
             except (OSError, ValueError) as exc:
                 errors.append(str(exc))
         raise OSError("; ".join(errors))
