@@ -11,8 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from mqtt_helpers import close_all
 from train_helpers import run_script, small_fer
+
+# In CI the property tests replay the same examples every run (a failure is reproducible, not a dice roll);
+# on a developer's machine they explore new ones each run. CI=true is what CI services (and .ci/run) set.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
