@@ -219,6 +219,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         "delegate": classifier.delegate_in_use,
         "threads": config.runtime.num_threads,
         "every_n_frames": config.detection.every_n_frames,
+        "flip_average": classifier.flip_average,
         "rss_mb": {"start": rss_start, "warm": rss_warm, "end": rss_end, "peak": rss_peak},
         "rss_growth_pct": round((rss_end - rss_warm) / rss_warm * 100, 2),
     }

@@ -185,10 +185,7 @@ def main(args: argparse.Namespace, config: Any) -> int:
     from train.data import DataError
 
     try:
-        classifier = EmotionClassifier(
-            config.model.path, config.model.card, delegate=config.runtime.delegate,
-            num_threads=config.runtime.num_threads, expected_classes=config.model.classes,
-        )
+        classifier = EmotionClassifier.from_config(config)
         if args.full_pipeline:
             labels, predictions, extra = check_photos(args, classifier, config)
         else:
@@ -205,6 +202,7 @@ def main(args: argparse.Namespace, config: Any) -> int:
         "split": None if args.full_pipeline else args.split,
         "model": classifier.model_path.name,
         "delegate": classifier.delegate_in_use,
+        "flip_average": classifier.flip_average,
         "n": int(len(labels)),
         "accuracy": round(accuracy, 4),
         "macro_f1": round(macro_f1(labels, predictions, len(classifier.classes)), 4),

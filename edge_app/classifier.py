@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.config import AppConfig
 from edge_app.model_card import (
     FACE_INPUT,
     LANDMARK_INPUT,
@@ -18,7 +19,7 @@ from edge_app.model_card import (
     load_card,
     verify,
 )
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES
+from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_features
 from edge_app.runtime import ModelLoadError, TFLiteModel
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class EmotionClassifier:
 
     The model file must match its card (sha256, classes, input shapes); the card also
     gives ``crop_spec``, the framing the crops must have. Models run with batch 1
-    (Edge TPU models can do nothing else), so ``predict_batch`` loops.
+    (Edge TPU models can do nothing else), so ``predict_batch`` loops. ``flip_average``
+    averages each prediction with the mirrored face's (test-time augmentation, two calls).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class EmotionClassifier:
         delegate: str = "cpu",
         num_threads: int = 2,
         expected_classes: Sequence[str] | None = None,
+        flip_average: bool = False,
     ):
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self.card_path = Path(card_path) if card_path is not None else find_card(self.model_path)
@@ -65,6 +68,17 @@ class EmotionClassifier:
         self._landmarks = self.model.input_name(LANDMARK_INPUT)
         self._output = next(iter(self.model.outputs))
         self._warned_non_finite = False
+        self.flip_average = flip_average
+        self._last_ms = 0.0
+
+    @classmethod
+    def from_config(cls, config: AppConfig) -> EmotionClassifier:
+        """The classifier that the ``model`` and ``runtime`` config sections describe."""
+        return cls(
+            config.model.path, config.model.card, delegate=config.runtime.delegate,
+            num_threads=config.runtime.num_threads, expected_classes=config.model.classes,
+            flip_average=config.model.flip_average,
+        )
 
     def _choose_file(self, delegate: str) -> tuple[Path, str]:
         """The file and delegate to load: the Edge TPU build when asked for and listed in the card."""
@@ -107,8 +121,8 @@ class EmotionClassifier:
 
     @property
     def last_ms(self) -> float:
-        """Milliseconds the last model call took (inference only)."""
-        return self.model.last_ms
+        """Milliseconds of inference the last ``predict`` took (both calls with ``flip_average``)."""
+        return self._last_ms
 
     def predict(self, crop: np.ndarray, features: np.ndarray) -> np.ndarray:
         """Class probabilities (C,) for a (48, 48) uint8 crop and its (937,) landmark features.
@@ -127,6 +141,14 @@ class EmotionClassifier:
                 log.warning("non-finite landmark features replaced by the 'no landmarks' input")
                 self._warned_non_finite = True
             features = np.zeros(LANDMARK_FEATURES, np.float32)
+        probabilities = self._run(crop, features)
+        self._last_ms = self.model.last_ms
+        if self.flip_average:
+            probabilities = (probabilities + self._run(crop[:, ::-1], mirror_features(features))) / 2.0
+            self._last_ms += self.model.last_ms
+        return probabilities
+
+    def _run(self, crop: np.ndarray, features: np.ndarray) -> np.ndarray:
         out = self.model({
             self._face: (crop.astype(np.float32) / 255.0)[None, :, :, None],
             self._landmarks: features[None],

@@ -139,6 +139,7 @@ class ModelConfig(Section):
     path: Optional[str] = None  # None: the shipped int8 model
     card: Optional[str] = None  # None: the card beside the model file
     classes: ClassSubset = None  # None: whatever the card says; else must match the card
+    flip_average: bool = Field(False, strict=True)  # also classify the mirrored face and average
 
 
 class RuntimeConfig(Section):

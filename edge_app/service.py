@@ -41,10 +41,7 @@ def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
 
     ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
     """
-    classifier = EmotionClassifier(
-        config.model.path, config.model.card, delegate=config.runtime.delegate,
-        num_threads=config.runtime.num_threads, expected_classes=config.model.classes,
-    )
+    classifier = EmotionClassifier.from_config(config)
     detection = config.detection
     pipeline = FacePipeline(
         classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,

@@ -17,10 +17,11 @@ from edge_app import check
 from edge_app.config import load_config
 
 
-def run_check(argv: list[str], model: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict | None, str]:
+def run_check(argv: list[str], model: Path, capsys: pytest.CaptureFixture,
+              overrides: tuple[str, ...] = ()) -> tuple[int, dict | None, str]:
     parser = argparse.ArgumentParser()
     check.add_arguments(parser)
-    config = load_config(overrides=[f"model.path={model}"], env={})
+    config = load_config(overrides=[f"model.path={model}", *overrides], env={})
     code = check.main(parser.parse_args(argv), config)
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
@@ -40,6 +41,14 @@ def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:
     assert 0 < result["macro_f1"] <= 1 and result["ms_per_image"] > 0
     assert result["delegate"] == "cpu" and result["model"] == "fer_fusion_int8.tflite"
     assert code == 0 and result["passed"] is True
+
+
+def test_faces_mode_with_flip_average_says_so(tiny_model, capsys) -> None:
+    argv = ["--data", str(tiny_model["data"]), "--split", "test", "--tolerance", "100"]
+    _, plain, _ = run_check(argv, tiny_model["int8"], capsys)
+    _, averaged, _ = run_check(argv, tiny_model["int8"], capsys, overrides=("model.flip_average=true",))
+    assert plain["flip_average"] is False and averaged["flip_average"] is True
+    assert averaged["n"] == plain["n"] and 0 < averaged["accuracy"] <= 1
 
 
 def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, caplog) -> None:

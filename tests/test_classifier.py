@@ -14,7 +14,7 @@ import pytest
 
 from edge_app.classifier import EmotionClassifier
 from edge_app.model_card import ModelError, default_model_path, load_card
-from edge_app.preprocess import LANDMARK_FEATURES, landmark_features
+from edge_app.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,18 @@ def test_predicts_probabilities_with_the_cards_preprocessing(tiny_model, test_fa
     # The landmark input matters: a face without landmarks gets a different answer.
     without = classifier.predict(faces[0], landmark_features(None))
     assert np.abs(without - probs).max() > 0 or features[0][-1] == 0
+
+
+def test_flip_average_is_the_mean_of_the_face_and_its_mirror(tiny_model, test_faces) -> None:
+    plain = EmotionClassifier(tiny_model["int8"])
+    averaged = EmotionClassifier(tiny_model["int8"], flip_average=True)
+    faces, features, _ = test_faces
+    for face, feature in zip(faces[:5], features[:5]):
+        mirrored = plain.predict(face[:, ::-1], mirror_features(feature))
+        np.testing.assert_allclose(averaged.predict(face, feature), (plain.predict(face, feature) + mirrored) / 2,
+                                   atol=1e-6)
+    assert averaged.last_ms > 0
+    assert any(np.abs(averaged.predict(f, x) - plain.predict(f, x)).max() > 0 for f, x in zip(faces, features))
 
 
 def test_non_finite_features_become_the_no_landmarks_input(tiny_model, test_faces, caplog) -> None:
