@@ -116,7 +116,12 @@ def test_resume_continues_from_the_last_epoch(synthetic_folder: Path, tmp_path: 
     assert "resuming from" in resumed.stderr and "at epoch 1" in resumed.stderr
     with (run / "history.csv").open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
-    assert json.loads((run / "state.json").read_text()) == {"epoch": 2}
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2
+    # The card's training time covers both sittings: more than the resumed one alone.
+    training = load_card(run / "model.card.json").training
+    assert training["train_seconds"] == pytest.approx(state["train_seconds"], abs=1.0)
+    assert training["train_seconds"] > training["train_seconds_this_run"] > 0
 
 
 def test_evaluate_names_a_missing_model(tmp_path: Path) -> None:

@@ -106,14 +106,23 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
 
 
 class EpochState(keras.callbacks.Callback):
-    """Saves the epoch number beside ``last.keras`` so ``--resume`` knows where to continue."""
+    """Saves the epoch number and the training seconds so far beside ``last.keras``.
 
-    def __init__(self, path: Path):
+    ``--resume`` continues both, so the card's ``train_seconds`` is the whole recipe's time even when
+    it ran in several sittings (None when an earlier sitting did not record it).
+    """
+
+    def __init__(self, path: Path, seconds_before: float | None):
         super().__init__()
         self.path = path
+        self.seconds_before = seconds_before
+        self.seconds = seconds_before  # at the end of the last epoch
+        self.started = time.time()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.path.write_text(json.dumps({"epoch": epoch + 1}))
+        if self.seconds_before is not None:
+            self.seconds = round(self.seconds_before + time.time() - self.started, 1)
+        self.path.write_text(json.dumps({"epoch": epoch + 1, "train_seconds": self.seconds}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,11 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     steps = max(1, len(y_train) // args.batch_size)
 
     last, best, state = out / "last.keras", out / "best.keras", out / "state.json"
-    initial_epoch = 0
+    initial_epoch, seconds_before = 0, 0.0
     if args.resume and last.is_file() and state.is_file():
         model = keras.models.load_model(last)
-        initial_epoch = json.loads(state.read_text())["epoch"]
+        saved = json.loads(state.read_text())
+        initial_epoch, seconds_before = saved["epoch"], saved.get("train_seconds")
         log.info("resuming from %s at epoch %d", last, initial_epoch)
+        if seconds_before is None:
+            log.warning("%s has no train_seconds: the card's total training time will be unknown", state)
     else:
         model = build_model(len(classes), branch=args.branch, widths=tuple(args.widths), dropout=args.dropout)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -167,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.CSVLogger(out / "history.csv", append=initial_epoch > 0),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience),
-        EpochState(state),
     ]
+    epoch_state = EpochState(state, seconds_before)
+    callbacks.append(epoch_state)
     started = time.time()
     model.fit(
         train_dataset(x_train, y_train, args),
@@ -206,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             "gpu": gpu,
             "train_images": int(len(y_train)),
             "train_seconds_this_run": round(train_seconds, 1),
+            "train_seconds": epoch_state.seconds,  # all sittings of a resumed run
         },
         "metrics": {"validation_accuracy": round(val_accuracy, 4)},
     }
