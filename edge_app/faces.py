@@ -95,22 +95,25 @@ class FacePipeline:
         self.min_landmark_score = min_landmark_score
         self.min_face_px = min_face_px
         self.max_faces = max_faces
-        self.skipped_detections = 0  # faces the last detect() left out: under min_face_px or beyond max_faces
 
     def detect(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> list[Face]:
         """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``.
 
         ``ms``, when given, has the milliseconds of ``detect`` and ``landmarks`` added to what it holds.
         """
+        return self.detect_counting_skipped(rgb, ms)[0]
+
+    def detect_counting_skipped(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> tuple[list[Face], int]:
+        """``detect``'s faces and how many detections it left out (under ``min_face_px``, beyond ``max_faces``)."""
         start = time.perf_counter()
         found_by_detector = self.detector(rgb)
         detections = sorted((d for d in found_by_detector if d.width >= self.min_face_px), key=lambda d: -d.width)
-        self.skipped_detections = len(found_by_detector) - min(len(detections), self.max_faces)
+        skipped = len(found_by_detector) - min(len(detections), self.max_faces)
         start = _add_ms(ms, "detect", start)
         faces = (self._face(rgb, roi_from_detection(d), d) for d in detections[: self.max_faces])
         found = [f for f in faces if f is not None]
         _add_ms(ms, "landmarks", start)
-        return found
+        return found, skipped
 
     def follow(self, rgb: np.ndarray, previous: list[Face], ms: dict[str, float] | None = None) -> list[Face | None]:
         """Each previous face re-measured from its landmarks; None where it was lost.

@@ -98,8 +98,7 @@ class FrameProcessor:
             followed = self.pipeline.follow(rgb, self._previous, ms)
             if all(face is not None for face in followed):
                 return followed, 0  # type: ignore[return-value]
-        faces = self.pipeline.detect(rgb, ms)
-        return faces, self.pipeline.skipped_detections
+        return self.pipeline.detect_counting_skipped(rgb, ms)
 
 
 def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
