@@ -19,7 +19,7 @@ from edge_app.model_card import (
     load_card,
     verify,
 )
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_features
+from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_inputs
 from edge_app.runtime import ModelLoadError, TFLiteModel
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class EmotionClassifier:
         probabilities = self._run(crop, features)
         self._last_ms = self.model.last_ms
         if self.flip_average:
-            probabilities = (probabilities + self._run(crop[:, ::-1], mirror_features(features))) / 2.0
+            probabilities = (probabilities + self._run(*mirror_inputs(crop, features))) / 2.0
             self._last_ms += self.model.last_ms
         return probabilities
 

@@ -125,3 +125,9 @@ def mirror_features(features: np.ndarray) -> np.ndarray:
     points = points * np.array([-1.0, 1.0], np.float32)
     flag = features[..., -1:]
     return np.concatenate([points.reshape(*features.shape[:-1], -1), flag], axis=-1) * (flag > 0)
+
+
+def mirror_inputs(crops: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The horizontally flipped face crop(s) and landmark features: what flip test-time augmentation
+    feeds the model, in evaluation and on the device. ``crops``: (48, 48) or a batch (N, 48, 48)."""
+    return crops[..., ::-1], mirror_features(features)

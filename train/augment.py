@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from edge_app.face_mesh import NUM_LANDMARKS
-from edge_app.preprocess import CROP_SIZE, mirror_features, mirror_index
+from edge_app.preprocess import CROP_SIZE, mirror_index
 
 
 def _mirror_landmarks(features: tf.Tensor) -> tf.Tensor:
@@ -72,8 +71,3 @@ def augment_batch(
     # Train the "no landmarks" path the device takes when Face Mesh finds none.
     keep = tf.cast(tf.random.uniform((batch, 1)) >= landmark_dropout, features.dtype)
     return images, features * keep
-
-
-def mirror_batch(images: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontally flipped copies of model inputs, for test-time augmentation."""
-    return images[:, :, ::-1], mirror_features(features)

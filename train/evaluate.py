@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edge_app.model_card import FACE_INPUT, ModelError, float_model_inputs, load_card  # noqa: E402
-from edge_app.preprocess import landmark_features, mirror_features  # noqa: E402
+from edge_app.preprocess import landmark_features, mirror_inputs  # noqa: E402
 from train.data import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
@@ -57,7 +57,7 @@ def predict(model, faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndar
     """Probabilities as they are (``plain``), averaged with the mirrored face and landmarks (``tta``), and with
     every face given the "no landmarks" input (``no_landmarks``: what the device does when Face Mesh finds none)."""
     plain = model.predict(float_model_inputs(faces, features), batch_size=512, verbose=0)
-    mirrored_inputs = float_model_inputs(faces[:, :, ::-1], mirror_features(features))
+    mirrored_inputs = float_model_inputs(*mirror_inputs(faces, features))
     mirrored = model.predict(mirrored_inputs, batch_size=512, verbose=0)
     no_landmarks = np.broadcast_to(landmark_features(None), features.shape)
     without = model.predict(float_model_inputs(faces, no_landmarks), batch_size=512, verbose=0)
