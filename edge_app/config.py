@@ -230,6 +230,9 @@ class TrainConfig(Section):
     widths: Annotated[list[StrictInt], AfterValidator(_positive_widths)] = Field([24, 48, 96, 192], min_length=1)
     dropout: float = Field(0.4, ge=0, lt=1, strict=True)
     patience: int = Field(8, ge=1, strict=True)
+    init_from: Optional[str] = None  # a trained Keras model to fine-tune (its card beside it)
+    teacher: Optional[str] = None  # a trained Keras model to distil from
+    distill_weight: float = Field(0.5, ge=0, le=1, strict=True)
 
 
 class ConvertConfig(Section):

@@ -129,3 +129,28 @@ def test_evaluate_names_a_missing_model(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "nothing.keras: no such model file" in result.stderr
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp_path: Path) -> None:
+    common = ("--data", synthetic_folder, "--cache-dir", tmp_path / "cache", "--classes", *SYNTHETIC_CLASSES,
+              *TINY_NET)
+    first = run_script("train/train.py", *common, "--out", tmp_path / "first", "--epochs", "4", "--lr", "3e-3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    teacher = tmp_path / "first" / "model.keras"
+    missing = run_script("train/train.py", *common, "--out", tmp_path / "bad", "--epochs", "1",
+                         "--teacher", tmp_path / "nothing.keras")
+    assert missing.returncode != 0 and "nothing.keras: no such model file" in missing.stderr
+    assert not (tmp_path / "bad" / "model.keras").exists()
+
+    second = run_script("train/train.py", *common, "--out", tmp_path / "second", "--epochs", "2", "--lr", "1e-3",
+                        "--init-from", teacher, "--teacher", teacher, "--distill-weight", "0.7")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "distilling from" in second.stderr
+    training = load_card(tmp_path / "second" / "model.card.json").training
+    first_card = load_card(tmp_path / "first" / "model.card.json")
+    assert training["init_from"]["file"] == "model.keras"
+    assert training["init_from"]["train_seconds"] == first_card.training["train_seconds"] > 0
+    assert training["recipe"]["teacher"] == str(teacher) and training["recipe"]["distill_weight"] == 0.7
+    # Started from the teacher's weights, so the fine-tuned model separates the stripes from its first epoch on.
+    with (tmp_path / "second" / "history.csv").open() as f:
+        assert float(next(csv.DictReader(f))["val_accuracy"]) >= 0.95

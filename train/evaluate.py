@@ -56,12 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def predict(model, faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
     """Probabilities as they are (``plain``), averaged with the mirrored face and landmarks (``tta``), and with
     every face given the "no landmarks" input (``no_landmarks``: what the device does when Face Mesh finds none)."""
-    plain = model.predict(float_model_inputs(faces, features), batch_size=512, verbose=0)
-    mirrored_inputs = float_model_inputs(*mirror_inputs(faces, features))
-    mirrored = model.predict(mirrored_inputs, batch_size=512, verbose=0)
+    plain, tta = plain_and_flip_averaged(model, faces, features)
     no_landmarks = np.broadcast_to(landmark_features(None), features.shape)
     without = model.predict(float_model_inputs(faces, no_landmarks), batch_size=512, verbose=0)
-    return {"plain": plain, "tta": (plain + mirrored) / 2, "no_landmarks": without}
+    return {"plain": plain, "tta": tta, "no_landmarks": without}
+
+
+def plain_and_flip_averaged(model, faces: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities, and the same averaged with the mirrored face and landmarks (flip TTA).
+    Evaluation reports both; distillation (``train.py --teacher``) learns from the averaged ones."""
+    plain = model.predict(float_model_inputs(faces, features), batch_size=512, verbose=0)
+    mirrored = model.predict(float_model_inputs(*mirror_inputs(faces, features)), batch_size=512, verbose=0)
+    return plain, (plain + mirrored) / 2
 
 
 def leaked_rows(data: FaceDataset, rows: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@
 Checkpoints every epoch in ``--out`` (``last.keras`` with optimizer state, ``best.keras``
 by validation accuracy); ``--resume`` continues from ``last.keras``. The output
 ``model.keras`` + ``model.card.json`` pair is what ``evaluate.py`` and ``quantize.py`` take.
+``--init-from MODEL --teacher MODEL`` fine-tunes a trained model on targets mixed with a
+teacher's flip-averaged predictions (self-distillation, the shipped recipe's second stage).
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ import tensorflow as tf  # noqa: E402
 
 from edge_app.config import ConfigError, load_config  # noqa: E402
 from edge_app.emotions import fer_label_map, resolve_classes  # noqa: E402
-from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT, float_model_inputs  # noqa: E402
+from edge_app.mediapipe_assets import sha256_file  # noqa: E402
+from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT, float_model_inputs, load_card  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
 from train.augment import augment_batch  # noqa: E402
 from train.data import FaceDataset, load_dataset  # noqa: E402
-from train.landmark_cache import features_from_landmarks, fit_crop_spec, load_or_compute  # noqa: E402
+from train.evaluate import load_model_and_card, plain_and_flip_averaged  # noqa: E402
+from train.landmark_cache import (  # noqa: E402
+    features_from_landmarks,
+    fit_crop_spec,
+    load_or_compute,
+    training_card_path,
+)
 from train.model import BRANCHES, build_model  # noqa: E402
 
 log = logging.getLogger("train")
@@ -64,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widths", type=int, nargs="+", default=settings.widths)
     p.add_argument("--dropout", type=float, default=settings.dropout)
     p.add_argument("--patience", type=int, default=settings.patience)
+    p.add_argument("--init-from", default=settings.init_from, metavar="MODEL",
+                   help="start from this trained Keras model's weights (its card beside it) instead of new ones")
+    p.add_argument("--teacher", default=settings.teacher, metavar="MODEL",
+                   help="distil: mix the targets with this trained model's flip-averaged predictions")
+    p.add_argument("--distill-weight", type=float, default=settings.distill_weight,
+                   help="share of the teacher's predictions in the targets (with --teacher)")
     p.add_argument("--subset", type=int, default=0, help="use only this many training images (quick runs)")
     p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
@@ -80,6 +95,39 @@ def targets(dataset: FaceDataset, classes: tuple[str, ...], labels: str) -> np.n
         has_votes = dist.sum(1) > 0
         onehot[has_votes] = dist[has_votes]
     return onehot
+
+
+def distillation_targets(
+    teacher_path: Path, faces: np.ndarray, features: np.ndarray, targets: np.ndarray, classes: tuple[str, ...],
+    weight: float,
+) -> np.ndarray:
+    """``targets`` mixed with the teacher's flip-averaged probabilities on the un-augmented training faces.
+
+    The soft targets carry what the teacher learned about which expressions look alike, and its test-time
+    augmentation, so a student of the same size learns in one pass what the teacher needs two passes for.
+    """
+    teacher, card = load_model_and_card(teacher_path)
+    if tuple(card.classes) != classes:
+        raise SystemExit(f"--teacher {teacher_path}: its classes {card.classes} are not {list(classes)}")
+    log.info("distilling from %s (weight %.2f)", teacher_path, weight)
+    _, soft = plain_and_flip_averaged(teacher, faces, features)
+    return ((1.0 - weight) * targets + weight * soft).astype(np.float32)
+
+
+def initial_model(args: argparse.Namespace, classes: tuple[str, ...]) -> keras.Model:
+    """A new model, or the ``--init-from`` model (the first stage of a two-stage recipe)."""
+    if not args.init_from:
+        return build_model(len(classes), branch=args.branch, widths=tuple(args.widths), dropout=args.dropout)
+    model, card = load_model_and_card(Path(args.init_from))
+    if tuple(card.classes) != classes:
+        raise SystemExit(f"--init-from {args.init_from}: its classes {card.classes} are not {list(classes)}")
+    return model
+
+
+def first_stage(path: Path) -> dict:
+    """The card's record of the ``--init-from`` model: file, sha256 and its own training time."""
+    card = load_card(training_card_path(path))
+    return {"file": path.name, "sha256": sha256_file(path), "train_seconds": card.training.get("train_seconds")}
 
 
 def train_dataset(inputs: dict[str, np.ndarray], y: np.ndarray, args: argparse.Namespace) -> tf.data.Dataset:
@@ -151,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     x_train = float_model_inputs(train_set.images, features[train_idx])
     x_val = float_model_inputs(val_set.images, features[val_mask])
     y_train = targets(train_set, classes, args.labels)
+    if args.teacher:
+        y_train = distillation_targets(Path(args.teacher), train_set.images, features[train_idx], y_train, classes,
+                                       args.distill_weight)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
     steps = max(1, len(y_train) // args.batch_size)
 
@@ -164,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         if seconds_before is None:
             log.warning("%s has no train_seconds: the card's total training time will be unknown", state)
     else:
-        model = build_model(len(classes), branch=args.branch, widths=tuple(args.widths), dropout=args.dropout)
+        model = initial_model(args, classes)
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=args.lr / 100, decay_steps=steps * max(1, args.epochs - int(args.warmup_epochs)),
             warmup_target=args.lr, warmup_steps=int(steps * args.warmup_epochs), alpha=0.01,
@@ -220,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_images": int(len(y_train)),
             "train_seconds_this_run": round(train_seconds, 1),
             "train_seconds": epoch_state.seconds,  # all sittings of a resumed run
+            "init_from": first_stage(Path(args.init_from)) if args.init_from else None,
         },
         "metrics": {"validation_accuracy": round(val_accuracy, 4)},
     }
