@@ -8,6 +8,8 @@ delivery under load.
 Stages, each as median, p95 and mean milliseconds: ``read`` (decode + colour conversion), ``detect`` (the face
 detector, on detection frames), ``landmarks`` (Face Mesh, crop and features, every frame), ``classify`` (the emotion
 model on every face), ``track_aggregate``, ``publish`` (closing a window and serialising/queuing it) and ``total``.
+``inference_ms`` gives each network's own time per call (the runtime's ``invoke``): the floor under the stages,
+which says how fast this device runs the models apart from the code around them.
 The same ``FrameProcessor`` as ``edge-emotion run`` does the work, so the figures are the service's.
 """
 
@@ -38,6 +40,7 @@ TILE_PX = 240  # a tiled face is ~95 px wide, as a person 1-2 m from a wide-angl
 MAX_FACES = 9  # a 3x3 grid: more columns make faces too small for the short-range detector
 FACE_MARGIN = 1.25  # half the tile, in face widths
 STAGES = ("read", "detect", "landmarks", "classify", "track_aggregate", "publish", "total")
+NETWORKS = ("face_detector", "face_mesh", "classifier")
 # Without --soak, a window closes every second (not every aggregate.window_s) so that a short run times publishing.
 BENCH_WINDOW_S = 1.0
 
@@ -148,6 +151,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    inference: dict[str, list[float]] = {network: [] for network in NETWORKS}
     faces_found: list[int] = []
     windows, late_s = 0, 0.0
     frames = timed = 0
@@ -200,6 +204,11 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             samples["track_aggregate"].append(result.ms["track"] + (t3 - t2) * 1000)
             if publish_ms is not None:
                 samples["publish"].append(publish_ms)
+            if "detect" in result.ms:
+                inference["face_detector"].append(pipeline.detector.model.last_ms)
+            if result.faces:  # the last face's calls: one call each per face
+                inference["face_mesh"].append(pipeline.mesh.model.last_ms)
+                inference["classifier"].append(classifier.last_ms)
             samples["total"].append((t4 - t0) * 1000)
     finally:
         if publisher is not None:
@@ -216,6 +225,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         # CPU time of this process per frame (all its threads): what a frame costs when no other process competes.
         "cpu_ms_per_frame": round(cpu_s * 1000 / max(timed, 1), 3),
         "latency_ms": {stage: summary(values) for stage, values in samples.items()},
+        "inference_ms": {network: summary(values) for network, values in inference.items()},
         "delegate": classifier.delegate_in_use,
         "threads": config.runtime.num_threads,
         "every_n_frames": config.detection.every_n_frames,

@@ -30,6 +30,11 @@ def test_bench_prints_one_json_with_stages_and_memory() -> None:
     assert latency["publish"]["n"] >= 1
     stages = sum(latency[s]["mean"] for s in ("read", "landmarks", "classify", "track_aggregate"))
     assert stages + latency["detect"]["mean"] / 5 <= latency["total"]["mean"] * 1.05
+    # Each network's own time per call lies under the stage that calls it.
+    inference = report["inference_ms"]
+    assert inference["face_detector"]["n"] == 24 and inference["face_mesh"]["n"] == inference["classifier"]["n"] == 120
+    for network, stage in (("face_detector", "detect"), ("face_mesh", "landmarks"), ("classifier", "classify")):
+        assert 0 < inference[network]["median"] < latency[stage]["median"], network
     assert set(report["rss_mb"]) == {"start", "warm", "end", "peak"} and "rss_growth_pct" in report
     assert report["rss_mb"]["peak"] <= 300
 
