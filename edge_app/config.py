@@ -233,6 +233,7 @@ class TrainConfig(Section):
     init_from: Optional[str] = None  # a trained Keras model to fine-tune (its card beside it)
     teacher: Optional[str] = None  # a trained Keras model to distil from
     distill_weight: float = Field(0.5, ge=0, le=1, strict=True)
+    average_with_init: bool = Field(False, strict=True)  # save the mean of the best weights and init_from's
 
 
 class ConvertConfig(Section):

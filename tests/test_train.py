@@ -142,8 +142,11 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     assert missing.returncode != 0 and "nothing.keras: no such model file" in missing.stderr
     assert not (tmp_path / "bad" / "model.keras").exists()
 
+    unpaired = run_script("train/train.py", *common, "--out", tmp_path / "bad", "--epochs", "1", "--average-with-init")
+    assert unpaired.returncode == 2 and "--average-with-init needs --init-from" in unpaired.stderr
+
     second = run_script("train/train.py", *common, "--out", tmp_path / "second", "--epochs", "2", "--lr", "1e-3",
-                        "--init-from", teacher, "--teacher", teacher, "--distill-weight", "0.7")
+                        "--init-from", teacher, "--teacher", teacher, "--distill-weight", "0.7", "--average-with-init")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "distilling from" in second.stderr
     training = load_card(tmp_path / "second" / "model.card.json").training
@@ -151,6 +154,14 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     assert training["init_from"]["file"] == "model.keras"
     assert training["init_from"]["train_seconds"] == first_card.training["train_seconds"] > 0
     assert training["recipe"]["teacher"] == str(teacher) and training["recipe"]["distill_weight"] == 0.7
+    # The saved model is the mean of the second stage's best weights and the first stage's.
+    import keras
+
+    weights = [keras.models.load_model(path, compile=False).get_weights()
+               for path in (teacher, tmp_path / "second" / "best.keras", tmp_path / "second" / "model.keras")]
+    assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
+    for first_stage, best, saved in zip(*weights, strict=True):
+        np.testing.assert_allclose(saved, (first_stage + best) / 2, rtol=1e-6, atol=1e-7)
     # Started from the teacher's weights, so the fine-tuned model separates the stripes from its first epoch on.
     with (tmp_path / "second" / "history.csv").open() as f:
         assert float(next(csv.DictReader(f))["val_accuracy"]) >= 0.95

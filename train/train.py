@@ -4,7 +4,8 @@ Checkpoints every epoch in ``--out`` (``last.keras`` with optimizer state, ``bes
 by validation accuracy); ``--resume`` continues from ``last.keras``. The output
 ``model.keras`` + ``model.card.json`` pair is what ``evaluate.py`` and ``quantize.py`` take.
 ``--init-from MODEL --teacher MODEL`` fine-tunes a trained model on targets mixed with a
-teacher's flip-averaged predictions (self-distillation, the shipped recipe's second stage).
+teacher's flip-averaged predictions (self-distillation, the shipped recipe's second stage);
+``--average-with-init`` then saves the mean of its best weights and the first stage's.
 """
 
 from __future__ import annotations
@@ -79,11 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="distil: mix the targets with this trained model's flip-averaged predictions")
     p.add_argument("--distill-weight", type=float, default=settings.distill_weight,
                    help="share of the teacher's predictions in the targets (with --teacher)")
+    p.add_argument("--average-with-init", action=argparse.BooleanOptionalAction, default=settings.average_with_init,
+                   help="save the mean of the best epoch's weights and the --init-from model's (a weight soup)")
     p.add_argument("--subset", type=int, default=0, help="use only this many training images (quick runs)")
     p.add_argument("--seed", type=int, default=settings.seed)
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     p.add_argument("--resume", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.average_with_init and not args.init_from:
+        p.error("--average-with-init needs --init-from (the model whose weights are averaged in)")
+    return args
 
 
 def targets(dataset: FaceDataset, classes: tuple[str, ...], labels: str) -> np.ndarray:
@@ -128,6 +134,17 @@ def first_stage(path: Path) -> dict:
     """The card's record of the ``--init-from`` model: file, sha256 and its own training time."""
     card = load_card(training_card_path(path))
     return {"file": path.name, "sha256": sha256_file(path), "train_seconds": card.training.get("train_seconds")}
+
+
+def averaged_with(model: keras.Model, other_path: Path) -> keras.Model:
+    """``model`` with every weight (batch-norm statistics too) the mean of its own and ``other_path``'s.
+
+    Both lie in one basin when one was fine-tuned from the other, so their mean is a model of its own
+    that is usually better than either (a "weight soup"), for no cost on the device.
+    """
+    other = keras.models.load_model(other_path, compile=False)
+    model.set_weights([(a + b) / 2 for a, b in zip(model.get_weights(), other.get_weights(), strict=True)])
+    return model
 
 
 def train_dataset(inputs: dict[str, np.ndarray], y: np.ndarray, args: argparse.Namespace) -> tf.data.Dataset:
@@ -246,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     train_seconds = time.time() - started
     model = keras.models.load_model(best, compile=False)  # weights only: no optimizer state in the shipped file
+    if args.average_with_init:
+        model = averaged_with(model, Path(args.init_from))
     val_accuracy = float(np.mean(model.predict(x_val, batch_size=512, verbose=0).argmax(1) == val_set.labels))
     model.save(out / "model.keras")
     card = {
