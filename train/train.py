@@ -132,8 +132,10 @@ def initial_model(args: argparse.Namespace, classes: tuple[str, ...]) -> keras.M
 
 def first_stage(path: Path) -> dict:
     """The card's record of the ``--init-from`` model: file, sha256 and its own training time."""
-    card = load_card(training_card_path(path))
-    return {"file": path.name, "sha256": sha256_file(path), "train_seconds": card.training.get("train_seconds")}
+    training = load_card(training_card_path(path)).training
+    # A card written before train.py added up resumed sittings has only the one sitting it knew of.
+    seconds = training.get("train_seconds", training.get("train_seconds_this_run"))
+    return {"file": path.name, "sha256": sha256_file(path), "train_seconds": seconds}
 
 
 def averaged_with(model: keras.Model, other_path: Path) -> keras.Model:
