@@ -134,7 +134,7 @@ def test_evaluate_names_a_missing_model(tmp_path: Path) -> None:
 def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp_path: Path) -> None:
     common = ("--data", synthetic_folder, "--cache-dir", tmp_path / "cache", "--classes", *SYNTHETIC_CLASSES,
               *TINY_NET)
-    first = run_script("train/train.py", *common, "--out", tmp_path / "first", "--epochs", "4", "--lr", "3e-3")
+    first = run_script("train/train.py", *common, "--out", tmp_path / "first", "--epochs", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     teacher = tmp_path / "first" / "model.keras"
     missing = run_script("train/train.py", *common, "--out", tmp_path / "bad", "--epochs", "1",
@@ -145,7 +145,8 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     unpaired = run_script("train/train.py", *common, "--out", tmp_path / "bad", "--epochs", "1", "--average-with-init")
     assert unpaired.returncode == 2 and "--average-with-init needs --init-from" in unpaired.stderr
 
-    second = run_script("train/train.py", *common, "--out", tmp_path / "second", "--epochs", "2", "--lr", "1e-3",
+    # A learning rate so small that one epoch leaves the trained weights where --init-from put them.
+    second = run_script("train/train.py", *common, "--out", tmp_path / "second", "--epochs", "1", "--lr", "1e-7",
                         "--init-from", teacher, "--teacher", teacher, "--distill-weight", "0.7", "--average-with-init")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "distilling from" in second.stderr
@@ -154,14 +155,15 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     assert training["init_from"]["file"] == "model.keras"
     assert training["init_from"]["train_seconds"] == first_card.training["train_seconds"] > 0
     assert training["recipe"]["teacher"] == str(teacher) and training["recipe"]["distill_weight"] == 0.7
-    # The saved model is the mean of the second stage's best weights and the first stage's.
     import keras
 
-    weights = [keras.models.load_model(path, compile=False).get_weights()
-               for path in (teacher, tmp_path / "second" / "best.keras", tmp_path / "second" / "model.keras")]
-    assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
-    for first_stage, best, saved in zip(*weights, strict=True):
+    first_model, best_model, saved_model = (keras.models.load_model(path, compile=False) for path in (
+        teacher, tmp_path / "second" / "best.keras", tmp_path / "second" / "model.keras"))
+    # The second stage started from the first stage's trained weights, not from new ones...
+    for trained, fine_tuned in zip(first_model.trainable_weights, best_model.trainable_weights, strict=True):
+        np.testing.assert_allclose(fine_tuned.numpy(), trained.numpy(), atol=1e-4, err_msg=trained.path)
+    # ...and the saved model is the mean of the two stages' weights (the batch-norm statistics moved in between).
+    first_weights, best_weights = first_model.get_weights(), best_model.get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(first_weights, best_weights))
+    for first_stage, best, saved in zip(first_weights, best_weights, saved_model.get_weights(), strict=True):
         np.testing.assert_allclose(saved, (first_stage + best) / 2, rtol=1e-6, atol=1e-7)
-    # Started from the teacher's weights, so the fine-tuned model separates the stripes from its first epoch on.
-    with (tmp_path / "second" / "history.csv").open() as f:
-        assert float(next(csv.DictReader(f))["val_accuracy"]) >= 0.95
