@@ -4,7 +4,7 @@ Checkpoints every epoch in ``--out`` (``last.keras`` with optimizer state, ``bes
 by validation accuracy); ``--resume`` continues from ``last.keras``. The output
 ``model.keras`` + ``model.card.json`` pair is what ``evaluate.py`` and ``quantize.py`` take.
 ``--init-from MODEL --teacher MODEL`` fine-tunes a trained model on targets mixed with a
-teacher's flip-averaged predictions (self-distillation, the shipped recipe's second stage);
+teacher's flip-averaged predictions (self-distillation, an optional second stage);
 ``--average-with-init`` then saves the mean of its best weights and the first stage's.
 """
 
@@ -103,6 +103,14 @@ def targets(dataset: FaceDataset, classes: tuple[str, ...], labels: str) -> np.n
     return onehot
 
 
+def trained_model(flag: str, path: Path, classes: tuple[str, ...]) -> keras.Model:
+    """The trained Keras model that ``flag`` names; SystemExit when it cannot be used or has other classes."""
+    model, card = load_model_and_card(path)
+    if tuple(card.classes) != classes:
+        raise SystemExit(f"{flag} {path}: its classes {card.classes} are not {list(classes)}")
+    return model
+
+
 def distillation_targets(
     teacher_path: Path, faces: np.ndarray, features: np.ndarray, targets: np.ndarray, classes: tuple[str, ...],
     weight: float,
@@ -112,9 +120,7 @@ def distillation_targets(
     The soft targets carry what the teacher learned about which expressions look alike, and its test-time
     augmentation, so a student of the same size learns in one pass what the teacher needs two passes for.
     """
-    teacher, card = load_model_and_card(teacher_path)
-    if tuple(card.classes) != classes:
-        raise SystemExit(f"--teacher {teacher_path}: its classes {card.classes} are not {list(classes)}")
+    teacher = trained_model("--teacher", teacher_path, classes)
     log.info("distilling from %s (weight %.2f)", teacher_path, weight)
     _, soft = plain_and_flip_averaged(teacher, faces, features)
     return ((1.0 - weight) * targets + weight * soft).astype(np.float32)
@@ -124,10 +130,7 @@ def initial_model(args: argparse.Namespace, classes: tuple[str, ...]) -> keras.M
     """A new model, or the ``--init-from`` model (the first stage of a two-stage recipe)."""
     if not args.init_from:
         return build_model(len(classes), branch=args.branch, widths=tuple(args.widths), dropout=args.dropout)
-    model, card = load_model_and_card(Path(args.init_from))
-    if tuple(card.classes) != classes:
-        raise SystemExit(f"--init-from {args.init_from}: its classes {card.classes} are not {list(classes)}")
-    return model
+    return trained_model("--init-from", Path(args.init_from), classes)
 
 
 def first_stage(path: Path) -> dict:
@@ -138,13 +141,12 @@ def first_stage(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), "train_seconds": seconds}
 
 
-def averaged_with(model: keras.Model, other_path: Path) -> keras.Model:
-    """``model`` with every weight (batch-norm statistics too) the mean of its own and ``other_path``'s.
+def averaged_with(model: keras.Model, other: keras.Model) -> keras.Model:
+    """``model`` with every weight (batch-norm statistics too) the mean of its own and ``other``'s.
 
     Both lie in one basin when one was fine-tuned from the other, so their mean is a model of its own
     that is usually better than either (a "weight soup"), for no cost on the device.
     """
-    other = keras.models.load_model(other_path, compile=False)
     model.set_weights([(a + b) / 2 for a, b in zip(model.get_weights(), other.get_weights(), strict=True)])
     return model
 
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.time() - started
     model = keras.models.load_model(best, compile=False)  # weights only: no optimizer state in the shipped file
     if args.average_with_init:
-        model = averaged_with(model, Path(args.init_from))
+        model = averaged_with(model, trained_model("--init-from", Path(args.init_from), classes))
     val_accuracy = float(np.mean(model.predict(x_val, batch_size=512, verbose=0).argmax(1) == val_set.labels))
     model.save(out / "model.keras")
     card = {
