@@ -8,6 +8,7 @@ separately: ``detect`` (the face detector) and ``landmarks`` (Face Mesh, the cro
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -15,12 +16,15 @@ import numpy as np
 
 from edge_app.face_detection import Detection, FaceDetector
 from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.geometry import iou_matrix
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
 
 # A 48x48 training face is upscaled for Face Mesh, and given a replicated border: FER-2013 faces fill the
 # frame, and the detector finds more of them with some context around them (95% instead of 90%).
 SMALL_FACE_UPSCALE = 192
 SMALL_FACE_BORDER = 64
+# A detection overlapping a followed face this much (IoU of the detector's box and the landmarks' box) is that face.
+MERGE_IOU = 0.3
 
 
 @dataclass
@@ -76,6 +80,12 @@ def _add_ms(ms: dict[str, float] | None, stage: str, since: float) -> float:
     return now
 
 
+def _covered(box: np.ndarray, faces: Sequence[Face | None]) -> bool:
+    """Whether ``box`` is one of ``faces`` already (IoU at least ``MERGE_IOU`` with one of their boxes)."""
+    boxes = [face.box for face in faces if face is not None]
+    return bool(boxes) and bool(iou_matrix(np.asarray(box)[None], np.stack(boxes)).max() >= MERGE_IOU)
+
+
 class FacePipeline:
     """Detect or follow faces and prepare the emotion model's inputs for each."""
 
@@ -103,20 +113,30 @@ class FacePipeline:
         """
         return self.detect_counting_skipped(rgb, ms)[0]
 
-    def detect_counting_skipped(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> tuple[list[Face], int]:
-        """``detect``'s faces and how many detections it left out (under ``min_face_px``, beyond ``max_faces``)."""
+    def detect_counting_skipped(
+        self, rgb: np.ndarray, ms: dict[str, float] | None = None, followed: Sequence[Face] = ()
+    ) -> tuple[list[Face], int]:
+        """The ``followed`` faces, then the detector's new ones, and how many detections were left out.
+
+        A detection that overlaps a followed face (IoU >= ``MERGE_IOU``) is that face, already measured: it is not
+        measured again, so a face keeps its place (and its track) whether or not the detector sees it in this frame,
+        as in MediaPipe's face landmarker. New faces fill the room ``max_faces`` leaves, largest first; the ones under
+        ``min_face_px`` or beyond that room are counted as left out.
+        """
         start = time.perf_counter()
         found_by_detector = self.detector(rgb)
-        detections = sorted((d for d in found_by_detector if d.width >= self.min_face_px), key=lambda d: -d.width)
-        skipped = len(found_by_detector) - min(len(detections), self.max_faces)
+        sized = [d for d in found_by_detector if d.width >= self.min_face_px]
+        unseen = [d for d in sized if not _covered(d.box, followed)]
+        new = sorted(unseen, key=lambda d: -d.width)[: max(self.max_faces - len(followed), 0)]
+        skipped = len(found_by_detector) - (len(sized) - len(unseen)) - len(new)
         start = _add_ms(ms, "detect", start)
-        faces = (self._face(rgb, roi_from_detection(d), d) for d in detections[: self.max_faces])
-        found = [f for f in faces if f is not None]
+        faces = (self._face(rgb, roi_from_detection(d), d) for d in new)
+        found = [*followed, *(f for f in faces if f is not None)]
         _add_ms(ms, "landmarks", start)
         return found, skipped
 
     def follow(self, rgb: np.ndarray, previous: list[Face], ms: dict[str, float] | None = None) -> list[Face | None]:
-        """Each previous face re-measured from its landmarks; None where it was lost.
+        """Each previous face re-measured from its landmarks; None where it was lost or became another's.
 
         ``ms``, when given, has the milliseconds of ``landmarks`` added to what it holds.
         """
@@ -127,7 +147,9 @@ class FacePipeline:
                 followed.append(None)
                 continue
             found = self._face(rgb, roi_from_landmarks(face.landmarks), None)
-            followed.append(found if found is not None and found.width >= self.min_face_px else None)
+            if found is not None and (found.width < self.min_face_px or _covered(found.box, followed)):
+                found = None  # too small now, or the same face as one followed already (two tracks converged)
+            followed.append(found)
         _add_ms(ms, "landmarks", start)
         return followed
 

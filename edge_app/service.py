@@ -66,8 +66,8 @@ class FrameResult:
 
 
 class FrameProcessor:
-    """Detect every ``every_n_frames`` frames or when a face was lost, else follow each face from its landmarks;
-    classify every face; match them to tracks. Used by ``run`` and ``bench`` alike."""
+    """Follow each face from its landmarks; every ``every_n_frames`` frames, or when a face was lost, also detect
+    and add the new faces; classify every face; match them to tracks. Used by ``run`` and ``bench`` alike."""
 
     def __init__(self, pipeline: FacePipeline, classifier: EmotionClassifier, tracker: Tracker,
                  every_n_frames: int) -> None:
@@ -93,12 +93,15 @@ class FrameProcessor:
         return FrameResult(faces, tracks, ms, skipped)
 
     def _faces(self, rgb: np.ndarray, ms: dict[str, float]) -> tuple[list[Face], int]:
-        """This frame's faces and how many detections were left out (0 when the faces were followed)."""
-        if self._previous and self.frame_index % self.every_n_frames:
-            followed = self.pipeline.follow(rgb, self._previous, ms)
-            if all(face is not None for face in followed):
-                return followed, 0  # type: ignore[return-value]
-        return self.pipeline.detect_counting_skipped(rgb, ms)
+        """This frame's faces and how many detections were left out (0 when the faces were only followed).
+
+        Followed faces are kept on detection frames too: the detector only adds the faces it finds that no followed
+        face covers, so a face it misses in one frame (a low score, motion blur) does not vanish from its track.
+        """
+        followed = [f for f in self.pipeline.follow(rgb, self._previous, ms) if f is not None] if self._previous else []
+        if followed and len(followed) == len(self._previous) and self.frame_index % self.every_n_frames:
+            return followed, 0
+        return self.pipeline.detect_counting_skipped(rgb, ms, followed)
 
 
 def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
