@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_app.config import AppConfig
 from edge_app.face_detection import Detection, FaceDetector
 from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
 from edge_app.geometry import iou_matrix
@@ -93,10 +94,10 @@ class FacePipeline:
         self,
         crop_spec: CropSpec,
         *,
-        min_detection_score: float = 0.5,
-        min_landmark_score: float = 0.5,
-        min_face_px: int = 24,
-        max_faces: int = 10,
+        min_detection_score: float,
+        min_landmark_score: float,
+        min_face_px: int,
+        max_faces: int,
         num_threads: int = 1,
     ):
         self.crop_spec = crop_spec
@@ -105,6 +106,19 @@ class FacePipeline:
         self.min_landmark_score = min_landmark_score
         self.min_face_px = min_face_px
         self.max_faces = max_faces
+
+    @classmethod
+    def from_config(cls, config: AppConfig, crop_spec: CropSpec, *, max_faces: int | None = None) -> FacePipeline:
+        """The device's pipeline as ``detection`` and ``runtime`` set it; ``max_faces`` overrides the config's."""
+        detection = config.detection
+        return cls(crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
+                   min_face_px=detection.min_face_px, max_faces=max_faces or detection.max_faces,
+                   num_threads=config.runtime.num_threads)
+
+    @classmethod
+    def for_small_faces(cls, crop_spec: CropSpec) -> FacePipeline:
+        """For ``small_face_landmarks``: one 48x48 face at a time, any size, MediaPipe's default score thresholds."""
+        return cls(crop_spec, min_detection_score=0.5, min_landmark_score=0.5, min_face_px=0, max_faces=1)
 
     def detect(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> list[Face]:
         """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``.

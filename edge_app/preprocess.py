@@ -33,8 +33,8 @@ class CropSpec:
     below the eye midpoint / IOD. Fitted to FER-2013 framing by ``train/landmark_cache.py``.
     """
 
-    size_iod: float = 2.6
-    centre_below_eyes_iod: float = 0.45
+    size_iod: float
+    centre_below_eyes_iod: float
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -42,11 +42,7 @@ def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
     ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
     """
     classifier = EmotionClassifier.from_config(config)
-    detection = config.detection
-    pipeline = FacePipeline(
-        classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
-        min_face_px=detection.min_face_px, max_faces=detection.max_faces, num_threads=config.runtime.num_threads,
-    )
+    pipeline = FacePipeline.from_config(config, classifier.crop_spec)
     return classifier, pipeline
 
 
