@@ -33,7 +33,6 @@ class Face:
     """One face in a frame. ``landmarks`` and ``crop`` stay on the device: nothing publishes them."""
 
     box: np.ndarray  # x0, y0, x1, y1 in pixels
-    score: float  # detection score, or landmark presence score when followed
     landmarks: np.ndarray | None  # (468, 3) pixels, None when Face Mesh found none
     crop: np.ndarray  # (48, 48) uint8
     features: np.ndarray  # (LANDMARK_FEATURES,) float32
@@ -188,12 +187,11 @@ class FacePipeline:
         if presence >= self.min_landmark_score and np.all(np.isfinite(landmarks)):
             right, left = eye_centres(landmarks)
             box = np.concatenate([landmarks[:, :2].min(0), landmarks[:, :2].max(0)])
-            score = detection.score if detection is not None else presence
         else:
             if detection is None:
                 return None
             landmarks = None
             right, left = detection.keypoints[0], detection.keypoints[1]
-            box, score = detection.box, detection.score
+            box = detection.box
         crop = crop_face(rgb, right, left, self.crop_spec)
-        return Face(np.asarray(box, np.float32), float(score), landmarks, crop, landmark_features(landmarks))
+        return Face(np.asarray(box, np.float32), landmarks, crop, landmark_features(landmarks))
