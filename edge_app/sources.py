@@ -20,6 +20,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from edge_app import image_bytes
 from edge_app.config import ConfigError, SourceConfig
 from edge_app.faces import FrameError, as_rgb8
 
@@ -56,52 +57,6 @@ def demo_image() -> Path:
     return Path(str(resources.files("edge_app").joinpath("data/demo_face.jpg")))
 
 
-# In JPEG entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else is a marker.
-_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
-def _jpeg_complete(data: bytes) -> bool:
-    """False when the JPEG ends before its end-of-image marker; walks the segments, so data after the picture (a
-    camera's trailer, a motion photo's video) and a thumbnail's own end marker do not fool it."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return True  # not a structure we understand: let the decoder judge
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker == 0xDA:  # start of scan: the compressed data runs to the next marker
-            found = _JPEG_NEXT_MARKER.search(data, pos)
-            if found is None:
-                return False
-            pos = found.start()
-    return data[pos:pos + 2] == b"\xff\xd9"
-
-
-def _png_complete(data: bytes) -> bool:
-    """False when the PNG ends before its IEND chunk (walking the chunks: length, type, data, CRC)."""
-    pos = 8
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        if data[pos + 4:pos + 8] == b"IEND":
-            return True
-        pos += 12 + length
-    return False
-
-
-def _complete(data: bytes) -> bool:
-    """False for a JPEG or PNG cut short (OpenCV decodes those with a grey bottom instead of failing)."""
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_complete(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _png_complete(data)
-    return True
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8; ``ImageError`` naming the file when it is missing, empty, a directory,
     not an image, or truncated."""
@@ -116,7 +71,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    if not _complete(data):
+    if not image_bytes.complete(data):
         raise ImageError(f"{path}: truncated image (the file ends before the picture does)")
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if frame is None:
