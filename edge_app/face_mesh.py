@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edge_app.face_detection import Detection, sigmoid
+from edge_app.geometry import square_warp_matrix
 from edge_app.mediapipe_assets import FACE_LANDMARKER, mediapipe_model
 from edge_app.runtime import TFLiteModel
 
@@ -40,12 +41,7 @@ class Roi:
 
     def warp_matrix(self, out_size: int) -> np.ndarray:
         """Affine matrix taking output pixels (0..out_size) to image pixels, for ``WARP_INVERSE_MAP``."""
-        c, s = np.cos(self.rotation), np.sin(self.rotation)
-        k = self.size / out_size
-        # output pixel centre (j + 0.5) / out_size -> uv, then to image, with pixel-centre convention.
-        a = np.array([[c * k, -s * k], [s * k, c * k]])
-        t = np.array([self.cx, self.cy]) - a @ np.array([out_size / 2, out_size / 2]) + a @ [0.5, 0.5] - 0.5
-        return np.hstack([a, t[:, None]]).astype(np.float64)
+        return square_warp_matrix(np.array([self.cx, self.cy]), self.size, self.rotation, out_size)
 
 
 def _roi(box: np.ndarray, start: np.ndarray, end: np.ndarray) -> Roi:

@@ -1,4 +1,5 @@
-"""Box geometry shared by the stages: the face detector's suppression, the detection/follow merge and the tracker."""
+"""Geometry shared by the stages: box overlap (the detector's suppression, the detection/follow merge, the tracker)
+and the warp of a rotated square of the frame (Face Mesh's input, the 48x48 crop)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def square_warp_matrix(centre: np.ndarray, side: float, rotation: float, out_size: int) -> np.ndarray:
+    """Affine matrix taking output pixels (0..out_size) to the image pixels of a square of ``side`` pixels centred on
+    ``centre`` and turned ``rotation`` radians (clockwise in image space), for ``cv2.WARP_INVERSE_MAP``.
+
+    Pixel-centre convention: output pixel centre (j + 0.5) maps to the image point whose pixel centre is at + 0.5.
+    """
+    c, s = np.cos(rotation), np.sin(rotation)
+    k = side / out_size
+    a = np.array([[c * k, -s * k], [s * k, c * k]])
+    t = np.asarray(centre, np.float64) - a @ np.array([out_size / 2, out_size / 2]) + a @ [0.5, 0.5] - 0.5
+    return np.hstack([a, t[:, None]]).astype(np.float64)
