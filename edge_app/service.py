@@ -39,13 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
     """The emotion model (checked against its card) and the face pipeline framed as the card says.
 
+    ``runtime.delegate`` reaches all three networks; where the classifier found that the GPU delegate cannot load
+    (one warning), the face networks run on the CPU without trying it again.
     ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
     """
     classifier = EmotionClassifier.from_config(config)
     detection = config.detection
+    delegate = config.runtime.delegate
     pipeline = FacePipeline(
         classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
         min_face_px=detection.min_face_px, max_faces=detection.max_faces, num_threads=config.runtime.num_threads,
+        delegate="cpu" if delegate == "gpu" and classifier.delegate_in_use != "gpu" else delegate,
     )
     return classifier, pipeline
 
