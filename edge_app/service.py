@@ -185,6 +185,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
                 delegate=classifier.delegate_in_use, source_state=state,
+                delegates={**pipeline.delegates, "classifier": classifier.delegate_in_use},
             ))
             mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
         sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "
