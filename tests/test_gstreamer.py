@@ -4,6 +4,7 @@ fail mid-run or end while live (reopened). Skipped, saying what to install, wher
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from media_helpers import demo_face_bgr, write_video
+from mqtt_helpers import subscriber
 
 from edge_app.config import ConfigError, SourceConfig, load_config
 from edge_app.faces import FrameError
@@ -86,6 +88,29 @@ def test_faces_are_found_in_a_real_video_through_decodebin(video: Path) -> None:
         faces = pipeline.detect(frame)
         assert len(faces) == 1 and faces[0].landmarks is not None
         assert np.abs(faces[0].box - FACE_BOX).max() < 12, faces[0].box
+
+
+@needs_elements("avidemux", "jpegdec", "decodebin")
+def test_the_service_publishes_the_emotions_of_a_video_read_through_gstreamer(video: Path, mosquitto, clients) -> None:
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/#"])
+    uri = f"filesrc location={video} ! decodebin ! videoconvert ! appsink"
+    settings = [f"mqtt.port={broker.port}", "device.id=testcam", f"source.uri={uri}", "source.loop=false"]
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_app", *(f"--set={s}" for s in settings), "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    time.sleep(0.5)
+    assert run.returncode == 0, run.stderr
+    published = {}
+    for topic, payload, _ in sub.messages:
+        if payload.startswith(b"{"):
+            published.setdefault(topic.rsplit("/", 1)[1], []).append(json.loads(payload))
+    assert published["stats"][-1]["frames"] == VIDEO_FRAMES  # every frame of the file, then the service stopped
+    windows = [window for window in published["emotions"] if window["frames"]]
+    assert windows and all(w["faces"] == 1 and w["dominant"] == "happy" for w in windows), windows
 
 
 @needs_elements("avidemux", "jpegdec", "decodebin")
