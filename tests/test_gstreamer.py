@@ -17,12 +17,12 @@ import pytest
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
+from edge_app import gstreamer
 from edge_app.config import ConfigError, SourceConfig, load_config
 from edge_app.faces import FrameError
 from edge_app.service import load_models
 from edge_app.sources import ReconnectingSource, SourceError, open_source, resolve
 
-gstreamer = pytest.importorskip("edge_app.gstreamer")
 try:
     Gst = gstreamer.gst()
 except ConfigError as exc:
