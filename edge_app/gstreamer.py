@@ -18,8 +18,8 @@ from edge_app.sources import STREAM_TIMEOUT_S, SourceError
 
 GSTREAMER_MISSING = (
     "GStreamer through PyGObject is not installed: on Debian or JetPack, apt install python3-gi gir1.2-gstreamer-1.0"
-    " gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good (a venv needs"
-    " --system-site-packages), or pip install 'edge-emotion[gstreamer]'"
+    " gstreamer1.0-plugins-base gstreamer1.0-plugins-good (a venv needs --system-site-packages),"
+    " or pip install 'edge-emotion[gstreamer]'"
 )
 # The appsink is given these caps, so the frames are packed 8-bit RGB or BGR whatever the pipeline ends with
 # (a pipeline that cannot produce them fails with "not-negotiated": put videoconvert before the appsink).
