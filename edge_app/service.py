@@ -54,6 +54,11 @@ def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
     return classifier, pipeline
 
 
+def delegates_in_use(classifier: EmotionClassifier, pipeline: FacePipeline) -> dict[str, str]:
+    """Where each network runs, as stats and bench report it: ``detector``, ``landmarks``, ``classifier``."""
+    return {**pipeline.delegates, "classifier": classifier.delegate_in_use}
+
+
 @dataclass
 class FrameResult:
     """What one frame gave: the faces (on-device only), their tracks (in the same order), and stage milliseconds.
@@ -185,7 +190,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
                 delegate=classifier.delegate_in_use, source_state=state,
-                delegates={**pipeline.delegates, "classifier": classifier.delegate_in_use},
+                delegates=delegates_in_use(classifier, pipeline),
             ))
             mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
         sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "

@@ -5,8 +5,11 @@ neither library, so the fallbacks are what run here; where a library loads, the 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from edge_app.config import load_config
 from edge_app.faces import FacePipeline
 from edge_app.model_card import ModelError, default_model_path
 from edge_app.runtime import delegate_library
-from edge_app.service import load_models
+from edge_app.service import delegates_in_use, load_models
 
 MODELS = default_model_path().parent
 INT8, FLOAT16, CARD = "fer_fusion_int8.tflite", "fer_fusion_float16.tflite", "fer_fusion.card.json"
@@ -92,9 +95,18 @@ def test_the_face_networks_get_the_delegate_they_can_run(delegate: str, caplog) 
 def test_the_service_warns_once_for_three_networks_when_the_gpu_delegate_is_missing(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         classifier, pipeline = load_models(load_config(None, ["runtime.delegate=gpu"], env={}))
-    delegates = {**pipeline.delegates, "classifier": classifier.delegate_in_use}
+    delegates = delegates_in_use(classifier, pipeline)
     if GPU_HERE:
         assert delegates == {"detector": "gpu", "landmarks": "gpu", "classifier": "gpu"}
         return
     assert delegates == {"detector": "cpu", "landmarks": "cpu", "classifier": "cpu"}
     assert len(warnings_in(caplog)) == 1 and "falling back to the CPU" in warnings_in(caplog)[0]
+
+
+def test_bench_reports_where_each_network_ran() -> None:
+    bench = subprocess.run([sys.executable, "-m", "edge_app", "--set", "runtime.delegate=gpu", "bench", "--frames", "3",
+                            "--warmup", "1"], capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0, bench.stderr
+    expected = "gpu" if GPU_HERE else "cpu"
+    assert json.loads(bench.stdout)["delegates"] == dict.fromkeys(("detector", "landmarks", "classifier"), expected)
+    assert GPU_HERE or bench.stderr.count("delegate could not load") == 1, bench.stderr
