@@ -72,6 +72,17 @@ class Latency(Payload):
     total: NonNegative
 
 
+DelegateName = Literal["cpu", "edgetpu", "gpu"]
+
+
+class Delegates(Payload):
+    """Where each network runs (``runtime.delegate``, or ``cpu`` where it could not load or does not apply)."""
+
+    detector: DelegateName
+    landmarks: DelegateName
+    classifier: DelegateName
+
+
 class StatsMessage(Payload):
     """Health figures, published on ``<prefix>/<device>/stats``."""
 
@@ -84,7 +95,8 @@ class StatsMessage(Payload):
     skipped_detections: Annotated[int, Field(ge=0)]
     buffered_messages: Annotated[int, Field(ge=0)]
     dropped_messages: Annotated[int, Field(ge=0)]
-    delegate: Literal["cpu", "edgetpu", "gpu"]
+    delegate: DelegateName  # the classifier's, as before ``delegates``
+    delegates: Delegates
     source_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
     uptime_s: NonNegative
 
@@ -208,8 +220,10 @@ class WindowAggregator:
         return message
 
     def stats(self, now: float, *, buffered_messages: int, dropped_messages: int, delegate: str,
-              source_state: str) -> StatsMessage:
-        """Health figures: fps and mean latencies of the last closed window, frame counters since start."""
+              source_state: str, delegates: Mapping[str, str] | None = None) -> StatsMessage:
+        """Health figures: fps and mean latencies of the last closed window, frame counters since start.
+
+        ``delegates`` maps detector, landmarks and classifier to where each runs; None: all on ``delegate``."""
         window = self._last or self._current
         return StatsMessage(
             ts=utc_timestamp(),
@@ -222,6 +236,7 @@ class WindowAggregator:
             buffered_messages=buffered_messages,
             dropped_messages=dropped_messages,
             delegate=delegate,
+            delegates=Delegates.model_validate(delegates or dict.fromkeys(Delegates.model_fields, delegate)),
             source_state=source_state,
             uptime_s=round(max(now - self.started, 0.0), 3),
         )

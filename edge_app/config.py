@@ -117,7 +117,7 @@ class DeviceConfig(Section):
 
 class SourceConfig(Section):
     uri: str = "demo"
-    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "video", "images", "demo"],
+    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "gstreamer", "video", "images", "demo"],
                     BeforeValidator(_lower)] = "auto"
     width: int = Field(640, ge=16, le=8192, strict=True)
     height: int = Field(480, ge=16, le=8192, strict=True)

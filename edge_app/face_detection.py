@@ -69,10 +69,11 @@ def weighted_nms(
 
 
 class FaceDetector:
-    """Find faces in an RGB uint8 frame."""
+    """Find faces in an RGB uint8 frame; ``delegate`` as in ``TFLiteModel`` (``model.delegate_in_use`` says)."""
 
-    def __init__(self, min_score: float = 0.5, iou_threshold: float = 0.3, num_threads: int = 1):
-        self.model = TFLiteModel(mediapipe_model(FACE_DETECTOR), num_threads=num_threads)
+    def __init__(self, min_score: float = 0.5, iou_threshold: float = 0.3, num_threads: int = 1,
+                 delegate: str = "cpu"):
+        self.model = TFLiteModel(mediapipe_model(FACE_DETECTOR), delegate=delegate, num_threads=num_threads)
         self.min_score = min_score
         self.iou_threshold = iou_threshold
         self.anchors = ssd_anchors()

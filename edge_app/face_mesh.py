@@ -63,10 +63,11 @@ def roi_from_landmarks(landmarks: np.ndarray) -> Roi:
 
 
 class FaceMesh:
-    """468 landmarks (x, y in image pixels, z in the same scale) and a face-presence score for a ROI."""
+    """468 landmarks (x, y in image pixels, z in the same scale) and a face-presence score for a ROI;
+    ``delegate`` as in ``TFLiteModel`` (``model.delegate_in_use`` says)."""
 
-    def __init__(self, num_threads: int = 1):
-        self.model = TFLiteModel(mediapipe_model(FACE_LANDMARKER), num_threads=num_threads)
+    def __init__(self, num_threads: int = 1, delegate: str = "cpu"):
+        self.model = TFLiteModel(mediapipe_model(FACE_LANDMARKER), delegate=delegate, num_threads=num_threads)
         self._input = next(iter(self.model.inputs))
         shapes = {name: int(np.prod(d["shape"])) for name, d in self.model.outputs.items()}
         self._landmarks = next(n for n, size in shapes.items() if size == NUM_LANDMARKS * 3)

@@ -7,6 +7,7 @@ separately: ``detect`` (the face detector) and ``landmarks`` (Face Mesh, the cro
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from edge_app.face_detection import Detection, FaceDetector
 from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
 from edge_app.geometry import iou_matrix
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
+
+log = logging.getLogger(__name__)
 
 # A 48x48 training face is upscaled for Face Mesh, and given a replicated border: FER-2013 faces fill the
 # frame, and the detector finds more of them with some context around them (95% instead of 90%).
@@ -87,7 +90,12 @@ def _covered(box: np.ndarray, faces: Sequence[Face | None]) -> bool:
 
 
 class FacePipeline:
-    """Detect or follow faces and prepare the emotion model's inputs for each."""
+    """Detect or follow faces and prepare the emotion model's inputs for each.
+
+    ``delegate`` runs BlazeFace and Face Mesh: ``gpu`` runs both on the GPU delegate (each falls back to the CPU
+    on its own if the delegate refuses it); the Edge TPU runs only compiled int8 models, so with ``edgetpu`` both
+    stay on the CPU (said once, here). ``delegates`` says where each runs.
+    """
 
     def __init__(
         self,
@@ -98,26 +106,37 @@ class FacePipeline:
         min_face_px: int,
         max_faces: int,
         num_threads: int = 1,
+        delegate: str = "cpu",
     ):
         self.crop_spec = crop_spec
-        self.detector = FaceDetector(min_score=min_detection_score, num_threads=num_threads)
-        self.mesh = FaceMesh(num_threads=num_threads)
+        if delegate == "edgetpu":
+            log.info("the Edge TPU runs only the emotion classifier: the face detector and Face Mesh stay on the CPU")
+            delegate = "cpu"
+        self.detector = FaceDetector(min_score=min_detection_score, num_threads=num_threads, delegate=delegate)
+        self.mesh = FaceMesh(num_threads=num_threads, delegate=delegate)
         self.min_landmark_score = min_landmark_score
         self.min_face_px = min_face_px
         self.max_faces = max_faces
 
     @classmethod
-    def from_config(cls, config: AppConfig, crop_spec: CropSpec, *, max_faces: int | None = None) -> FacePipeline:
-        """The device's pipeline as ``detection`` and ``runtime`` set it; ``max_faces`` overrides the config's."""
+    def from_config(cls, config: AppConfig, crop_spec: CropSpec, *, max_faces: int | None = None,
+                    delegate: str | None = None) -> FacePipeline:
+        """The device's pipeline as ``detection`` and ``runtime`` set it; ``max_faces`` and ``delegate`` override
+        the config's."""
         detection = config.detection
         return cls(crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
                    min_face_px=detection.min_face_px, max_faces=max_faces or detection.max_faces,
-                   num_threads=config.runtime.num_threads)
+                   num_threads=config.runtime.num_threads, delegate=delegate or config.runtime.delegate)
 
     @classmethod
     def for_small_faces(cls, crop_spec: CropSpec) -> FacePipeline:
         """For ``small_face_landmarks``: one 48x48 face at a time, any size, MediaPipe's default score thresholds."""
         return cls(crop_spec, min_detection_score=0.5, min_landmark_score=0.5, min_face_px=0, max_faces=1)
+
+    @property
+    def delegates(self) -> dict[str, str]:
+        """Where each network runs: ``{"detector": ..., "landmarks": ...}`` (``cpu``, ``gpu``)."""
+        return {"detector": self.detector.model.delegate_in_use, "landmarks": self.mesh.model.delegate_in_use}
 
     def detect(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> list[Face]:
         """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``.

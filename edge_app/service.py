@@ -39,11 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
     """The emotion model (checked against its card) and the face pipeline framed as the card says.
 
+    ``runtime.delegate`` reaches all three networks; where the classifier found that the GPU delegate cannot load
+    (one warning), the face networks run on the CPU without trying it again.
     ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
     """
     classifier = EmotionClassifier.from_config(config)
-    pipeline = FacePipeline.from_config(config, classifier.crop_spec)
+    delegate = config.runtime.delegate
+    if delegate == "gpu" and classifier.delegate_in_use != "gpu":
+        delegate = "cpu"  # a GPU delegate the classifier could not load fails the face networks too: one warning
+    pipeline = FacePipeline.from_config(config, classifier.crop_spec, delegate=delegate)
     return classifier, pipeline
+
+
+def delegates_in_use(classifier: EmotionClassifier, pipeline: FacePipeline) -> dict[str, str]:
+    """Where each network runs, as stats and bench report it: ``detector``, ``landmarks``, ``classifier``."""
+    return {**pipeline.delegates, "classifier": classifier.delegate_in_use}
 
 
 @dataclass
@@ -180,6 +190,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
                 delegate=classifier.delegate_in_use, source_state=state,
+                delegates=delegates_in_use(classifier, pipeline),
             ))
             mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
         sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "

@@ -1,5 +1,5 @@
 """Frame sources: the bundled demo photo, image files and folders, video files, cameras (OpenCV or picamera2),
-stream URLs and GStreamer pipelines.
+stream URLs and GStreamer pipelines (edge_app.gstreamer, through PyGObject).
 
 ``open_source`` opens one source once; ``ReconnectingSource`` is what the service reads: it paces frames to
 ``source.fps``, rotates and mirrors them, returns RGB uint8, and when the source fails (camera unplugged, stream
@@ -148,7 +148,7 @@ def _quiet_opencv() -> Iterator[None]:
 
 
 class CaptureSource:
-    """An OpenCV capture: camera (index or /dev/video*), stream URL, GStreamer pipeline or video file."""
+    """An OpenCV capture: camera (index or /dev/video*), stream URL or video file."""
 
     bgr = True
 
@@ -157,9 +157,7 @@ class CaptureSource:
         self.name = name
         self.loop = config.loop and kind == "video"
         with _quiet_opencv():
-            if kind == "pipeline":
-                self.capture = cv2.VideoCapture(target, cv2.CAP_GSTREAMER)
-            elif kind == "stream":
+            if kind == "stream":
                 timeout_ms = int(STREAM_TIMEOUT_S * 1000)
                 self.capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [
                     cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
@@ -230,7 +228,7 @@ class Picamera2Source:
 
 
 def resolve(config: SourceConfig) -> tuple[str, int | str]:
-    """The kind of source (demo, picamera2, camera, stream, pipeline, video, images) and what to open.
+    """The kind of source (demo, picamera2, camera, stream, gstreamer, video, images) and what to open.
 
     ``ConfigError`` when ``source.uri`` cannot be understood: that is a setting to fix, not a source to retry.
     """
@@ -244,10 +242,10 @@ def resolve(config: SourceConfig) -> tuple[str, int | str]:
             kind = "picamera2"
         elif uri.isdigit() or uri.startswith("/dev/video"):
             kind = "camera"
-        elif "!" in uri and "appsink" in uri:
-            kind = "stream"
         elif uri.split("://", 1)[0].lower() in STREAM_SCHEMES and "://" in uri:
             kind = "stream"
+        elif "!" in uri:
+            kind = "gstreamer"
         elif path.is_dir():
             kind = "images"
         elif path.is_file():
@@ -270,8 +268,13 @@ def resolve(config: SourceConfig) -> tuple[str, int | str]:
         if not uri.startswith("/dev/"):
             raise ConfigError(f"source.uri: expected a camera index or a /dev/video* path, got {redact(uri)!r}")
         return "camera", uri
+    if kind == "gstreamer" or (kind == "stream" and "!" in uri):
+        from edge_app.gstreamer import check_pipeline  # imports gi: only when a pipeline is the source
+
+        check_pipeline(uri)
+        return "gstreamer", uri
     if kind == "stream":
-        return ("pipeline" if "!" in uri else "stream"), uri
+        return "stream", uri
     return kind, str(path)
 
 
@@ -282,6 +285,10 @@ def open_source(kind: str, target: int | str, config: SourceConfig) -> FrameSour
         return StillSource([Path(str(target))], loop=True, name=name)
     if kind == "picamera2":
         return Picamera2Source(config, name)
+    if kind == "gstreamer":
+        from edge_app.gstreamer import GStreamerSource  # imports gi: only when a pipeline is the source
+
+        return GStreamerSource(str(target), config, name)
     if kind == "images":
         path = Path(str(target))
         if path.is_dir():
