@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -52,7 +52,7 @@ class EmotionsMessage(Payload):
     faces: Annotated[int, Field(ge=0)]
     tracks_seen: Annotated[int, Field(ge=0)]
     emotions: dict[Label, Probability]
-    dominant: Label | None
+    dominant: Optional[Label]  # noqa: UP045 (pydantic evaluates it at run time; Python 3.9 lacks X | None)
     tracks: list[TrackSummary]
 
     @model_validator(mode="after")
@@ -103,8 +103,8 @@ class StatsMessage(Payload):
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """ISO 8601 UTC with milliseconds and a ``Z`` suffix, as Home Assistant and Frigate write it."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
