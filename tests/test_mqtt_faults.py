@@ -3,9 +3,11 @@ down during an outage. Nothing is lost that the buffer could hold; what it could
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from mqtt_helpers import (
 from edge_app.aggregate import StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
 from edge_app.mqtt import MAX_INFLIGHT
+from edge_app.publish_queue import WindowQueue
 
 
 def test_broker_down_at_start_buffers_then_delivers_in_order(mosquitto, clients):
@@ -70,7 +73,7 @@ def test_unacknowledged_messages_are_resent_before_newer_ones(mosquitto, clients
     broker = mosquitto()
     sub = subscriber(clients, broker, ["emotion/testcam/emotions"])
     # the publisher reconnects later than the subscriber, so the subscriber is back before anything is re-sent
-    pub = publisher(clients, broker, discovery=False, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    pub = publisher(clients, broker, discovery=False, reconnect_probe_s=1.0, reconnect_min_s=1.0, reconnect_max_s=1.0)
     assert wait_until(lambda: pub.connected)
     messages = windows(8)
     broker.process.send_signal(signal.SIGSTOP)  # the broker stops reading: windows 1-5 stay unacknowledged
@@ -150,9 +153,10 @@ def retained_status(clients, broker, topic: str = "emotion/testcam/status") -> b
     return (late.on(topic) or [None])[0]
 
 
-def test_close_during_an_outage_returns_at_once_and_the_retained_status_is_offline(mosquitto, clients):
+def test_close_during_an_outage_tries_until_its_timeout_keeps_the_windows_and_leaves_offline(mosquitto, clients,
+                                                                                             tmp_path):
     broker = mosquitto()
-    pub = publisher(clients, broker, discovery=False)
+    pub = publisher(clients, broker, discovery=False, queue=WindowQueue(tmp_path / "queue"))
     assert wait_until(lambda: pub.connected)
     assert wait_until(lambda: retained_status(clients, broker) == b"online")
     broker.stop()
@@ -160,10 +164,34 @@ def test_close_during_an_outage_returns_at_once_and_the_retained_status_is_offli
     for message in windows(3):
         pub.publish_emotions(message)
     started = time.monotonic()
-    pub.close()  # the default timeout: nothing can be flushed, so it must not be waited out
-    assert time.monotonic() - started < 2.0
+    pub.close(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+    assert sorted(p.name for p in (tmp_path / "queue").glob("*.json")) == [f"{seq:010d}.json" for seq in (1, 2, 3)]
     broker.start()
-    assert retained_status(clients, broker) == b"offline"
+    assert retained_status(clients, broker) == b"offline"  # the last will: the connection was not closed cleanly
+
+
+def test_close_connects_as_soon_as_the_broker_is_back_and_delivers_before_offline(mosquitto, clients, tmp_path):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions", "emotion/testcam/status"], persistent=True)
+    broker.stop()
+    # the 60 s back-off is for a broker that refuses us: an absent one is tried at once, then every probe
+    pub = publisher(clients, broker, discovery=False, queue=WindowQueue(tmp_path / "queue"), reconnect_probe_s=0.5,
+                    reconnect_min_s=60, reconnect_max_s=60)
+    for message in windows(5):
+        pub.publish_emotions(message)
+    assert wait_until(lambda: pub.last_error is not None, timeout=5)
+    closing = threading.Thread(target=pub.close, kwargs={"timeout": 30.0})
+    closing.start()
+    assert wait_until(lambda: pub._closing)
+    broker.start()
+    closing.join(timeout=40)
+    assert not closing.is_alive()
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/status")[-1:] == [b"offline"], timeout=15), sub.messages
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), [1, 2, 3, 4, 5])
+    assert sub.messages[-1][:2] == ("emotion/testcam/status", b"offline")  # after the last window
+    assert not list((tmp_path / "queue").glob("*.json"))  # acknowledged: nothing kept
+    assert (tmp_path / "queue" / "last_seq").read_text() == "5\n"
 
 
 def test_close_is_bounded_while_a_frozen_broker_holds_the_tls_handshake(mosquitto, clients, tmp_path):
@@ -181,24 +209,26 @@ def test_close_is_bounded_while_a_frozen_broker_holds_the_tls_handshake(mosquitt
         broker.process.send_signal(signal.SIGCONT)
 
 
-def test_sigterm_to_the_service_during_an_outage_exits_within_5_s_and_leaves_offline(mosquitto, clients):
+def test_sigterm_during_an_outage_exits_0_within_flush_s_keeps_the_windows_on_disk_and_leaves_offline(
+        mosquitto, clients, tmp_path):
     broker = mosquitto()
     status = subscriber(clients, broker, ["emotion/testcam/status"])
+    state = tmp_path / "state"
     process = subprocess.Popen(
         [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
-         "--set", "aggregate.window_s=0.5", "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1",
+         "--set", "aggregate.window_s=0.5", "--set", "mqtt.reconnect_probe_s=0.2", "--set", "mqtt.flush_s=2",
          "run"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "STATE_DIRECTORY": str(state)},
     )
     try:
         assert status.wait_for(lambda: status.on("emotion/testcam/status")[-1:] == [b"online"], timeout=60)
         status.close()
         clients.remove(status)
         broker.stop()
-        time.sleep(1.5)  # windows pile up in the buffer; reconnects are refused
+        assert wait_until(lambda: len(list(state.glob("*.json"))) >= 2, timeout=60)  # windows pile up on disk
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        returncode = process.wait(timeout=10)
+        returncode = process.wait(timeout=30)
         took = time.monotonic() - started
     finally:
         if process.poll() is None:
@@ -206,6 +236,9 @@ def test_sigterm_to_the_service_during_an_outage_exits_within_5_s_and_leaves_off
             process.wait(timeout=5)
     stderr = process.stderr.read()
     assert returncode == 0, stderr
-    assert took < 5.0, f"exit took {took:.1f} s"
+    assert took < 2 + 3.0, f"exit took {took:.1f} s with mqtt.flush_s=2"
+    kept = [line for line in stderr.splitlines() if "not delivered before shutdown" in line]
+    assert len(kept) == 1 and f"kept in {state}" in kept[0], stderr
+    assert len(list(state.glob("*.json"))) >= 2
     broker.start()
     assert retained_status(clients, broker) == b"offline"

@@ -1,0 +1,41 @@
+"""When to try the broker again: soon after it is back, whatever the earlier outages were, without connect storms.
+
+A broker that cannot be reached (connection refused, timed out, no route, closed before it answered) costs nothing
+to probe: the attempt fails in the TCP handshake, before any TLS or MQTT work. So it is probed every ``probe_s``,
+however long the outage, and the delay between its return and the reconnection stays under ``probe_s`` plus one
+connection. The doubling back-off is kept for a broker that answers but will not have us: it refused the
+connection (credentials), failed the TLS handshake, or dropped us again within ``STABLE_S`` (two devices sharing a
+client id, an overloaded broker). A connection that lasted ``STABLE_S`` resets the back-off to its minimum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STABLE_S = 10.0  # a connection that lasted this long was no flap
+
+
+@dataclass
+class ReconnectPolicy:
+    """The wait before the next connection attempt, from what the last one (or the lost connection) showed."""
+
+    probe_s: float = 1.0
+    min_s: float = 1.0
+    max_s: float = 60.0
+    failures: int = 0  # refusals and flaps in a row, since the last connection that lasted STABLE_S
+
+    def unreachable(self) -> float:
+        """Nothing answered: probe again soon; the back-off is left as it is, an outage is no refusal."""
+        return self.probe_s
+
+    def refused(self) -> float:
+        """The broker answered but refused us (or dropped us at once): back off, doubling up to ``max_s``."""
+        self.failures += 1
+        return min(self.min_s * 2 ** (self.failures - 1), self.max_s)
+
+    def lost(self, connected_for: float) -> float:
+        """An established connection ended: a stable one is retried at once, a short one counts as a refusal."""
+        if connected_for < STABLE_S:
+            return self.refused()
+        self.failures = 0
+        return 0.0
