@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
 import threading
 import time
@@ -28,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
+from edge_app.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
 from edge_app.publish_queue import WindowQueue, queue_directory
 from edge_app.reconnect import ReconnectPolicy
 
@@ -37,14 +37,6 @@ NOT_AUTHORISED = "MQTT authentication failed: the broker refused mqtt.username/m
 MAX_INFLIGHT = 20  # unacknowledged messages on the wire; the rest wait in the bounded buffer
 LOOP_S = 0.05  # the network thread's longest wait for socket events: how soon it sees a new message to send
 AUTH_REASONS = {"Not authorized", "Bad user name or password"}
-# An OpenSSL error as paho logs it: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)"
-SSL_ERROR = re.compile(r"\[SSL: (?P<code>\w+)\] (?P<text>.*?)(?: \(_ssl\.c:\d+\))?$")
-# Alerts a broker sends when it does not accept the client's certificate (or its lack of one)
-CLIENT_CERT_ALERT = re.compile(r"ALERT_(\w*CERTIFICATE\w*|UNKNOWN_CA)$")
-
-
-class MqttError(ValueError):
-    """A publisher setting that cannot work (unreadable TLS file, device id unusable in a topic)."""
 
 
 @dataclass
@@ -57,15 +49,6 @@ class Outgoing:
     retain: bool
     seq: int | None = None
     generation: int = 0
-
-
-def tls_problem(code: str, text: str, where: str, ca: str) -> str:
-    """One line that says which side's certificate failed: the broker's (our CA) or ours (the broker's CA)."""
-    if code == "CERTIFICATE_VERIFY_FAILED":
-        return f"TLS certificate verification failed: the broker {where} is not trusted by {ca} ({text})"
-    if CLIENT_CERT_ALERT.search(code):
-        return f"TLS client certificate refused by the broker {where} ({text}): check mqtt.cert_file and mqtt.key_file"
-    return f"TLS handshake with {where} failed: {text}"
 
 
 def package_version() -> str:
@@ -158,8 +141,11 @@ class MqttPublisher:
             secret = password.get_secret_value() if hasattr(password, "get_secret_value") else password
             self.client.username_pw_set(username, secret)
         if tls:
-            self._set_tls(ca_file, cert_file, key_file, tls_insecure)
+            configure_tls(self.client, ca_file, cert_file, key_file, tls_insecure)
         self.client.max_inflight_messages_set(MAX_INFLIGHT)
+        # With an (empty) external-loop hook paho never writes from the calling thread: every socket write happens
+        # in loop(), in the network thread, so publish() is as safe from any thread as with paho's own loop_start.
+        self.client.on_socket_register_write = lambda *_: None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -296,21 +282,8 @@ class MqttPublisher:
             }
         return configs
 
-    def _set_tls(self, ca_file, cert_file, key_file, tls_insecure: bool) -> None:
-        if ca_file == SYSTEM_CA:
-            ca_file = None  # paho then verifies against the operating system's trust store
-        for key, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
-            if path is not None and not Path(path).is_file():
-                raise MqttError(f"{key}: file not found: {path}")
-        try:
-            self.client.tls_set(ca_certs=ca_file and str(ca_file), certfile=cert_file and str(cert_file),
-                                keyfile=key_file and str(key_file))
-        except (ssl.SSLError, OSError) as err:
-            raise MqttError(f"mqtt TLS files could not be loaded: {err}") from err
-        self.client.tls_insecure_set(tls_insecure)
-
     def _unreachable(self) -> bool:
-        """Disconnected, and not merely still making the first attempt: a flush would wait for nothing."""
+        """Disconnected, and not merely still making the first attempt: why windows were not delivered at close."""
         return not self.connected and (self._was_connected or self.last_error is not None)
 
     def _report(self, error: str) -> None:

@@ -139,12 +139,13 @@ def test_an_unwritable_queue_dir_is_one_line_and_exit_2(tmp_path):
 
 def test_an_absent_broker_is_probed_often_and_the_back_off_is_for_refusals_and_flaps():
     policy = ReconnectPolicy(probe_s=0.5, min_s=1, max_s=8)
-    assert [policy.unreachable() for _ in range(20)] == [0.5] * 20  # however long the outage
+    probes = [policy.unreachable() for _ in range(50)]  # however long the outage
+    assert all(0.25 <= p <= 0.5 for p in probes) and len(set(probes)) > 1  # spread: no lockstep after an outage
     assert [policy.refused() for _ in range(5)] == [1, 2, 4, 8, 8]
     assert policy.lost(connected_for=STABLE_S) == 0.0  # a connection that lasted: retry at once, back-off reset
     # a broker restarted every few seconds: each loss is retried at once, the attempt finds it away, probe again
     for _ in range(5):
-        assert (policy.lost(connected_for=1.0), policy.unreachable()) == (0.0, 0.5)
+        assert policy.lost(connected_for=1.0) == 0.0 and policy.unreachable() <= 0.5
     # dropped again right after reconnecting, with no outage between (a shared client id): a flap, back off
     assert [policy.lost(connected_for=0.1) for _ in range(4)] == [0.0, 1, 2, 4]
     assert policy.lost(connected_for=STABLE_S) == 0.0 and policy.refused() == 1
