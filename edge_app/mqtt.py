@@ -155,16 +155,18 @@ class MqttPublisher:
         self._thread.start()
 
     @classmethod
-    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None
-                    ) -> MqttPublisher:
-        """Build from the ``mqtt`` config section."""
+    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None,
+                    keep_on_disk: bool = True) -> MqttPublisher:
+        """Build from the ``mqtt`` config section; ``keep_on_disk=False`` (a benchmark) leaves the queue folder,
+        which belongs to the service, alone."""
+        folder, origin = queue_directory(section.queue_dir) if keep_on_disk else (None, "memory")
         return cls(
             device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
             client_id=section.client_id, username=section.username, password=section.password, tls=section.tls,
             ca_file=section.ca_file, cert_file=section.cert_file, key_file=section.key_file,
             tls_insecure=section.tls_insecure, keepalive=section.keepalive, buffer_size=section.buffer_size,
             reconnect_probe_s=section.reconnect_probe_s, reconnect_min_s=section.reconnect_min_s,
-            reconnect_max_s=section.reconnect_max_s, queue=WindowQueue(*queue_directory(section.queue_dir)),
+            reconnect_max_s=section.reconnect_max_s, queue=WindowQueue(folder, origin),
             discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
             sw_version=sw_version,
         )

@@ -47,6 +47,19 @@ def test_windows_kept_on_disk_are_sent_first_after_a_restart_and_seq_continues(m
     assert WindowQueue(folder).next_seq == 7  # kept in last_seq once the queue is empty
 
 
+def test_qos_0_windows_leave_the_disk_once_written_to_the_broker(mosquitto, clients, tmp_path):
+    folder = tmp_path / "queue"
+    broker = mosquitto()
+    sub = subscriber(clients, broker, [TOPIC])
+    pub = publisher(clients, broker, discovery=False, qos=0, queue=WindowQueue(folder))
+    assert wait_until(lambda: pub.connected)
+    for message in windows(5):
+        pub.publish_emotions(message)
+    assert sub.wait_for(lambda: len(sub.seqs(TOPIC)) == 5), sub.seqs(TOPIC)
+    assert sub.seqs(TOPIC) == [1, 2, 3, 4, 5]
+    assert wait_until(lambda: pub.buffered == 0 and not stored_seqs(folder))
+
+
 def test_a_broker_away_past_the_buffer_size_drops_the_oldest_on_disk_too_and_counts_them(mosquitto, clients,
                                                                                          tmp_path):
     folder = tmp_path / "queue"
