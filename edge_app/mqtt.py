@@ -129,7 +129,7 @@ class MqttPublisher:
         self._stop = False  # the network thread disconnects and ends
         self._hurry = False  # cut the wait before the next connection attempt short
         self._policy = ReconnectPolicy(reconnect_probe_s, reconnect_min_s, reconnect_max_s)
-        self._retry_in = 0.0
+        self._retry_in: float | None = None  # the wait on_disconnect chose for the next attempt
         self._connected_at = 0.0
         self._refused = False
         self.queue = queue or WindowQueue()
@@ -386,10 +386,11 @@ class MqttPublisher:
             except OSError as error:  # refused, timed out, no route, TLS: before any MQTT packet
                 wait = self._connect_failed(error)
             else:
-                self._retry_in = 0.0
+                self._retry_in = None
                 while self._serve():
                     pass
-                wait = self._retry_in
+                # on_disconnect chose the wait; a loop error paho reports no disconnect for counts as unreachable
+                wait = self._policy.unreachable() if self._retry_in is None else self._retry_in
             if self._closing:
                 wait = min(wait, self._policy.probe_s)  # flushing at shutdown: keep trying while there is time
 
