@@ -181,3 +181,16 @@ def test_the_publisher_reconnects_soon_after_each_outage_however_long_the_back_o
     pub.publish_emotions(next(messages))
     assert sub.wait_for(lambda: len(set(sub.seqs(TOPIC))) == 4)
     assert_complete_in_order(sub.seqs(TOPIC), [1, 2, 3, 4])
+
+
+def test_two_devices_sharing_a_client_id_are_flaps_and_back_off(mosquitto, clients):
+    """The broker drops the older connection of a client id whenever the other device connects: no outage, so the
+    retry-at-once after a loss must not apply each time, or the two would reconnect hundreds of times a second."""
+    broker = mosquitto()
+    settings = {"client_id": "shared", "discovery": False, "reconnect_probe_s": 1.0, "reconnect_min_s": 1.0,
+                "reconnect_max_s": 60.0}
+    first = publisher(clients, broker, **settings)
+    second = publisher(clients, broker, **settings)
+    assert wait_until(lambda: min(first._policy.failures, second._policy.failures) >= 3, timeout=40)
+    connections = broker.log_path.read_text().count("as shared")
+    assert connections <= 12, f"{connections} connections before the back-off reached 4 s"  # the policy: 9
