@@ -123,7 +123,6 @@ class MqttPublisher:
         self._buffer_size = buffer_size
         self._control: deque[Outgoing] = deque()
         self._inflight: dict[int, Outgoing] = {}
-        self._acked_early: set[int] = set()
         self._generation = 0
         self._closing = False  # close() is flushing: connect at once, retry every probe
         self._stop = False  # the network thread disconnects and ends
@@ -352,10 +351,9 @@ class MqttPublisher:
         self._socket_error, self._refused = None, False
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        """Called in ``loop()``, so always after ``_send_ready`` registered ``mid``: paho writes nothing in publish."""
         with self._cond:
             outgoing = self._inflight.pop(mid, None)
-            if outgoing is None:
-                self._acked_early.add(mid)
             self._cond.notify_all()
         if outgoing is not None and outgoing.seq is not None:
             self.queue.remove(outgoing.seq)
@@ -415,14 +413,9 @@ class MqttPublisher:
                 outgoing.generation = self._generation
             info = self.client.publish(outgoing.topic, outgoing.payload, outgoing.qos, outgoing.retain)
             with self._cond:
-                acked = info.mid in self._acked_early
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and outgoing.qos == 0:
-                    acked = False
                     if outgoing.seq is not None:
                         self._buffer.appendleft(outgoing)  # paho keeps no QoS 0 message: keep it ourselves
-                elif not acked:
+                else:
                     self._inflight[info.mid] = outgoing
-                self._acked_early.discard(info.mid)
                 self._cond.notify_all()
-            if acked and outgoing.seq is not None:
-                self.queue.remove(outgoing.seq)
