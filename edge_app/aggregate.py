@@ -135,10 +135,12 @@ class _WindowFigures:
 class WindowAggregator:
     """Collects tracker output frame by frame and turns every ``window_s`` seconds into one ``EmotionsMessage``.
 
-    Times are monotonic seconds supplied by the caller; ``seq`` starts at 1 and never repeats while running.
+    Times are monotonic seconds supplied by the caller; ``seq`` starts at ``first_seq`` (1, or where the publisher's
+    queue says an earlier run stopped) and never repeats.
     """
 
-    def __init__(self, classes: Sequence[str], window_s: float, device: str, now: float = 0.0) -> None:
+    def __init__(self, classes: Sequence[str], window_s: float, device: str, now: float = 0.0,
+                 first_seq: int = 1) -> None:
         if window_s <= 0 or not math.isfinite(window_s):
             raise ValueError(f"aggregate.window_s: expected a positive number of seconds, got {window_s!r}")
         self.classes = tuple(classes)
@@ -148,7 +150,7 @@ class WindowAggregator:
         self.frames_total = 0
         self.dropped_frames_total = 0
         self.skipped_detections_total = 0
-        self._next_seq = 1
+        self._next_seq = first_seq
         self._window_start = now
         self._tracks: dict[int, _TrackWindow] = {}
         self._faces_now = 0
@@ -156,9 +158,10 @@ class WindowAggregator:
         self._last: _WindowFigures | None = None
 
     @classmethod
-    def from_config(cls, section, classes: Sequence[str], device: str, now: float = 0.0) -> WindowAggregator:
+    def from_config(cls, section, classes: Sequence[str], device: str, now: float = 0.0,
+                    first_seq: int = 1) -> WindowAggregator:
         """Build from the ``aggregate`` config section."""
-        return cls(classes, section.window_s, device, now)
+        return cls(classes, section.window_s, device, now, first_seq)
 
     def add_frame(self, tracks: Sequence[Track], faces_now: int, now: float,
                   latencies: Mapping[str, float] | None = None, skipped_detections: int = 0) -> None:

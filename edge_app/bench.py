@@ -147,7 +147,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
     publisher = None
     if args.soak and config.mqtt.enabled:
         try:
-            publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes)
+            publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes, keep_on_disk=False)
         except MqttError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -1,7 +1,8 @@
 """``edge-emotion run``: frames -> faces -> emotions -> tracks -> one aggregated MQTT message per window.
 
 Nothing but the aggregated numbers leaves the process: frames, crops and landmarks live only in this loop, and
-nothing is written to disk. Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
+nothing is written to disk but the windows waiting for the broker (``publish_queue``, under the state directory).
+Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
 from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
 from edge_app.mqtt import MqttError, MqttPublisher
+from edge_app.publish_queue import QueueDirError
 from edge_app.runtime import ModelLoadError
 from edge_app.sources import ReconnectingSource
 from edge_app.tracker import Track, Tracker
@@ -133,23 +135,26 @@ def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
     return result
 
 
-# After SIGTERM/SIGINT the process is gone within this many seconds (systemd and the issue allow 5).
-STOP_BUDGET_S = 4.5
-
-
 class _Stop:
-    """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits."""
+    """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits.
+
+    ``budget_s`` (``mqtt.flush_s``) is what the shutdown may take from the signal on, delivering buffered windows;
+    the unit's TimeoutStopSec (15 s) leaves the rest for finishing the frame and closing the camera.
+    """
 
     requested = False
     at = 0.0
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
 
     def __call__(self, signum: int, _frame: object) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         self.requested, self.at = True, time.monotonic()
 
-    def time_left(self, default: float) -> float:
-        """Seconds the shutdown may still take: ``default`` when no signal came, else what the budget leaves."""
-        return max(self.at + STOP_BUDGET_S - time.monotonic(), 0.5) if self.requested else default
+    def time_left(self) -> float:
+        """Seconds the flush may still take: the whole budget when no signal came, else what the budget leaves."""
+        return max(self.at + self.budget_s - time.monotonic(), 0.5) if self.requested else self.budget_s
 
 
 def main(args: argparse.Namespace, config: AppConfig) -> int:
@@ -160,18 +165,19 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         return 2
     source = ReconnectingSource(config.source)  # ConfigError for a source.uri that means nothing: exit 2 in cli
     device = config.device.id
-    started = time.monotonic()
-    aggregator = WindowAggregator.from_config(config.aggregate, classifier.classes, device, now=started)
     try:
         publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes) if config.mqtt.enabled else None
-    except MqttError as exc:
+    except (MqttError, QueueDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    started = time.monotonic()
+    aggregator = WindowAggregator.from_config(config.aggregate, classifier.classes, device, now=started,
+                                              first_seq=publisher.next_seq if publisher else 1)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
                                config.detection.every_n_frames)
     log.info("running: %s, model %s on %s, device id %s", source.name, classifier.model_path.name,
              classifier.delegate_in_use, device)
-    stop = _Stop()
+    stop = _Stop(config.mqtt.flush_s)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     watchdog_every = sdnotify.watchdog_interval()
@@ -225,5 +231,5 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publish(time.monotonic())
         source.close()
         if publisher is not None:
-            publisher.close(timeout=stop.time_left(3.0))
+            publisher.close(timeout=stop.time_left())
     return 0
