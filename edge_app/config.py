@@ -204,6 +204,12 @@ class MqttConfig(Section):
         return self
 
 
+class SensingConfig(Section):
+    switch: bool = Field(True, strict=True)
+    default: bool = Field(True, strict=True)
+    state_file: Optional[str] = None  # None: $STATE_DIRECTORY/sensing, else ~/.local/state/edge-emotion/sensing
+
+
 class LoggingConfig(Section):
     level: str = "INFO"
 
@@ -257,6 +263,7 @@ class AppConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()
     mqtt: MqttConfig = MqttConfig()
+    sensing: SensingConfig = SensingConfig()
     logging: LoggingConfig = LoggingConfig()
     train: TrainConfig = TrainConfig()
     convert: ConvertConfig = ConvertConfig()

@@ -2,13 +2,14 @@
 
 Topics: ``<prefix>/<device>/emotions`` (one message per window), ``<prefix>/<device>/stats`` and
 ``<prefix>/<device>/status`` (retained ``online``/``offline``, ``offline`` also being the last will), plus retained Home
-Assistant discovery configs. While the broker is unreachable, emotion messages wait in a bounded buffer and go out in
-order once it is back; a message counts as delivered only when the broker acknowledged it.
+Assistant discovery configs (edge_app/homeassistant.py) and the privacy switch: ``<prefix>/<device>/sensing/set`` takes
+``ON``/``OFF``, ``<prefix>/<device>/sensing`` holds the retained state. While the broker is unreachable, emotion
+messages wait in a bounded buffer and go out in order once it is back; a message counts as delivered only when the
+broker acknowledged it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import ssl
@@ -28,6 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
+from edge_app.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
+from edge_app.sensing import SensingSwitch
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class MqttPublisher:
         classes: Sequence[str] = EMOTIONS,
         model: str = "edge-emotion",
         sw_version: str | None = None,
+        switch: SensingSwitch | None = None,
     ) -> None:
         topic_parts = (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix))
         for name, value in topic_parts:
@@ -123,6 +127,10 @@ class MqttPublisher:
         self.emotions_topic = f"{prefix}/{device}/emotions"
         self.stats_topic = f"{prefix}/{device}/stats"
         self.status_topic = f"{prefix}/{device}/status"
+        self.sensing_topic = f"{prefix}/{device}/sensing"
+        self.sensing_set_topic = f"{self.sensing_topic}/set"
+        self.birth_topic = birth_topic(discovery_prefix)
+        self.switch = switch
         self.connected = False
         self.dropped = 0
         self.last_error: str | None = None
@@ -152,6 +160,7 @@ class MqttPublisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
         self.client.on_log = self._on_log
         self.client.connect_async(host, port, keepalive)
         self.client.loop_start()
@@ -159,8 +168,8 @@ class MqttPublisher:
         self._sender.start()
 
     @classmethod
-    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None
-                    ) -> MqttPublisher:
+    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None,
+                    switch: SensingSwitch | None = None) -> MqttPublisher:
         """Build from the ``mqtt`` config section."""
         return cls(
             device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
@@ -169,7 +178,7 @@ class MqttPublisher:
             tls_insecure=section.tls_insecure, keepalive=section.keepalive, buffer_size=section.buffer_size,
             reconnect_min_s=section.reconnect_min_s, reconnect_max_s=section.reconnect_max_s,
             discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
-            sw_version=sw_version,
+            sw_version=sw_version, switch=switch,
         )
 
     @property
@@ -223,43 +232,14 @@ class MqttPublisher:
         stopper.start()
         stopper.join(timeout=max(deadline - time.monotonic(), 0.5))
 
-    def discovery_configs(self) -> dict[str, dict]:
-        """Home Assistant MQTT discovery: a dominant-emotion sensor and one percentage sensor per class."""
-        device_block = {
-            "identifiers": [f"edge_emotion_{self.device}"],
-            "name": f"Emotion sensor {self.device}",
-            "model": self.model,
-            "manufacturer": "edge-emotion",
-            "sw_version": self.sw_version,
-        }
-        common = {
-            "state_topic": self.emotions_topic,
-            "availability_topic": self.status_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "device": device_block,
-        }
-        base = f"{self.discovery_prefix}/sensor/{self.device}"
-        configs = {
-            f"{base}/dominant_emotion/config": {
-                **common,
-                "name": "Dominant emotion",
-                "unique_id": f"{self.device}_dominant_emotion",
-                "icon": "mdi:emoticon-outline",
-                "value_template": "{{ value_json.dominant if value_json.dominant is not none else 'none' }}",
-            }
-        }
-        for name in self.classes:
-            configs[f"{base}/{name}/config"] = {
-                **common,
-                "name": name.capitalize(),
-                "unique_id": f"{self.device}_{name}",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "suggested_display_precision": 1,
-                "value_template": f"{{{{ (value_json.emotions.{name} * 100) | round(1) }}}}",
-            }
-        return configs
+    def announcements(self) -> list[Outgoing]:
+        """What every connection and Home Assistant's birth message re-send: discovery (or its removal) and the
+        switch's state (or its removal when the switch does not exist), all retained."""
+        device = Device(self.device, self.model, self.sw_version, self.discovery_prefix, self.emotions_topic,
+                        self.status_topic, self.sensing_topic, self.sensing_set_topic)
+        messages = discovery_messages(device, self.classes, self.switch is not None, self.discovery)
+        messages.append((self.sensing_topic, self.switch.payload if self.switch is not None else b""))
+        return [Outgoing(topic, payload, 1, True) for topic, payload in messages]
 
     def _set_tls(self, ca_file, cert_file, key_file, tls_insecure: bool) -> None:
         if ca_file == SYSTEM_CA:
@@ -303,10 +283,13 @@ class MqttPublisher:
             self.last_error = None
             self._generation += 1
             self._control.appendleft(Outgoing(self.status_topic, b"online", 1, True))
-            if self.discovery:
-                for topic, config in self.discovery_configs().items():
-                    self._control.append(Outgoing(topic, json.dumps(config).encode(), 1, True))
+            self._control.extend(self.announcements())
             self._cond.notify_all()
+        subscriptions = [(self.birth_topic, 1)] if self.discovery else []
+        if self.switch is not None:
+            subscriptions.append((self.sensing_set_topic, 1))
+        if subscriptions:
+            client.subscribe(subscriptions)
 
     def _on_connect_fail(self, client, userdata) -> None:
         error = sys.exc_info()[1]  # paho calls this from inside its ``except OSError`` block
@@ -331,6 +314,19 @@ class MqttPublisher:
         if not was_connected and socket_error:  # refused after the handshake, before CONNACK (TLS 1.3 client auth)
             self._report(tls_problem(socket_error["code"], socket_error["text"], f"{self.host}:{self.port}", self._ca))
         self._socket_error = None
+
+    def _on_message(self, client, userdata, message) -> None:
+        """Home Assistant's birth message re-sends the announcements; the switch takes commands on its topic only."""
+        if message.topic == self.birth_topic and message.payload == BIRTH_PAYLOAD and self.discovery:
+            outgoing = self.announcements()
+        elif message.topic == self.sensing_set_topic and self.switch is not None:
+            applied = self.switch.command(message.payload, retained=bool(message.retain))
+            outgoing = [Outgoing(self.sensing_topic, self.switch.payload, 1, True)] if applied else []
+        else:
+            return
+        with self._cond:
+            self._control.extend(outgoing)
+            self._cond.notify_all()
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._cond:
