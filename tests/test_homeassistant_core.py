@@ -9,8 +9,10 @@ REST API while `edge-emotion run` reads a real video.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -53,6 +55,14 @@ logger:
 # (its core-config step would add integrations that reach the network).
 ONBOARDING = {"version": 4, "minor_version": 1, "key": "onboarding",
               "data": {"done": ["integration", "core_config", "analytics"]}}
+# Set to a .png path to also save the device page as Home Assistant's frontend shows it (docs/homeassistant.png).
+SCREENSHOT = os.environ.get("EDGE_EMOTION_HA_SCREENSHOT")
+# Text anywhere in the page, shadow DOMs included (the frontend is made of web components).
+PAGE_TEXT = """
+const walk = (node) => [node.textContent || "", ...[...(node.shadowRoot ? node.shadowRoot.children : [])
+  ].map(walk), ...[...node.children].map(walk)].join(" ");
+return walk(document.documentElement);
+"""
 ENTITIES = {"sensor.testcam_dominant_emotion", "sensor.testcam_faces", "switch.testcam_sensing",
             *(f"sensor.testcam_{name}" for name in EMOTIONS)}
 
@@ -105,6 +115,14 @@ class HomeAssistant:
             text = response.read().decode()
         return json.loads(text) if text.strip().startswith(("{", "[")) else text
 
+    def login_code(self) -> str:
+        """An authorisation code from the login flow, as the frontend's own login page gets one."""
+        flow = self.request("POST", "/auth/login_flow", {
+            "client_id": self.client_id, "handler": ["homeassistant", None], "redirect_uri": self.client_id})
+        done = self.request("POST", f"/auth/login_flow/{flow['flow_id']}", {
+            "client_id": self.client_id, "username": "test", "password": "test-only-password"})
+        return done["result"]
+
     def onboard_owner(self) -> None:
         """Create the owner through onboarding and log in with the authorisation code it returns."""
         created = self.request("POST", "/api/onboarding/users", {
@@ -128,6 +146,26 @@ class HomeAssistant:
     def template(self, text: str):
         """What Home Assistant renders ``text`` to (text, or parsed JSON when it renders JSON)."""
         return self.request("POST", "/api/template", {"template": text})
+
+    def screenshot(self, path: str, page: str, shows: list[str]) -> None:
+        """Open ``page`` logged in (the frontend's own auth callback) in headless Chromium; save it once it shows
+        every text in ``shows``."""
+        webdriver = pytest.importorskip("selenium.webdriver")
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                         "--window-size=1100,900", "--hide-scrollbars"):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+        try:
+            state = base64.b64encode(json.dumps({"hassUrl": self.url, "clientId": self.client_id}).encode()).decode()
+            driver.get(f"{self.url}{page}?auth_callback=1&code={self.login_code()}&state={state}")
+            WebDriverWait(driver, WAIT_S).until(lambda d: all(text in d.execute_script(PAGE_TEXT) for text in shows))
+            driver.save_screenshot(path)
+        finally:
+            driver.quit()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -170,6 +208,9 @@ def test_home_assistant_builds_the_device_and_its_switch_stops_the_camera(home_a
         assert dominant["state"] in options and dominant["attributes"]["device_class"] == "enum"
         assert ha.states()["switch.testcam_sensing"]["state"] == "on"
         assert service.holds_video_open()
+        if SCREENSHOT:
+            page = f"/config/devices/device/{ha.template(f'{{{{ {device} }}}}')}"
+            ha.screenshot(SCREENSHOT, page, ["Dominant emotion", "Sensing", "Happy", "%"])
 
         # Off in Home Assistant: the device closes the video (its camera), reads no frame, and says so.
         ha.request("POST", "/api/services/switch/turn_off", {"entity_id": "switch.testcam_sensing"})
