@@ -48,9 +48,11 @@ def test_off_closes_the_video_on_reopens_it_and_off_survives_a_restart(mosquitto
         assert wait_until(lambda: sub.on(STATE)[-1] == b"OFF", WAIT_S)
         assert wait_until(lambda: not service.holds_video_open(), WAIT_S), "the video must be closed, not ignored"
         assert wait_until(lambda: stats(sub) and stats(sub)[-1]["sensing"] is False, WAIT_S)
-        frozen, seen = stats(sub)[-1]["frames"], len(windows(sub))
-        assert wait_until(lambda: len(windows(sub)) >= seen + 2, WAIT_S)
-        off = windows(sub)[seen:]
+        frozen = stats(sub)[-1]["frames"]  # the frame counter once the window in which OFF came has closed
+        assert wait_until(lambda: any(w["sensing"] is False for w in windows(sub)), WAIT_S)
+        switched = next(i for i, w in enumerate(windows(sub)) if w["sensing"] is False)  # may hold frames
+        assert wait_until(lambda: len(windows(sub)) >= switched + 3, WAIT_S)
+        off = windows(sub)[switched + 1:]
         assert all(w["sensing"] is False and w["frames"] == 0 and w["dominant"] is None for w in off), off
         assert stats(sub)[-1]["frames"] == frozen and stats(sub)[-1]["source_state"] == "off"
         assert (state_directory / "sensing").read_text() == "OFF\n"
