@@ -230,3 +230,5 @@ def test_home_assistant_builds_the_device_and_its_switch_stops_the_camera(home_a
         assert service.stop() == 0, service.log[-3000:]
     # The service's retained "offline" makes every entity unavailable.
     assert wait_until(lambda: all(ha.states()[e]["state"] == "unavailable" for e in ENTITIES), WAIT_S)
+    errors = [line for line in ha.log_path.read_text().splitlines() if " ERROR " in line]
+    assert not errors, "Home Assistant logged errors (a discovery config it could not read?):\n" + "\n".join(errors)
