@@ -19,9 +19,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from conftest import free_port
 from mqtt_helpers import subscriber, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
 from sensing_helpers import Service, face_video, stats
 
 from edge_app.emotions import EMOTIONS
@@ -67,6 +69,20 @@ ENTITIES = {"sensor.testcam_dominant_emotion", "sensor.testcam_faces", "switch.t
             *(f"sensor.testcam_{name}" for name in EMOTIONS)}
 
 
+CONFIG_TOPICS = {"homeassistant/switch/testcam/sensing/config",
+                 *(f"homeassistant/sensor/testcam/{name}/config" for name in ("dominant_emotion", "faces", *EMOTIONS))}
+
+
+def clear_retained(broker, topic: str) -> None:
+    """Delete a retained message from the broker, as a broker that lost its store would be."""
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
 class HomeAssistant:
     """One Home Assistant core process on a free port with its own configuration directory."""
 
@@ -81,6 +97,10 @@ class HomeAssistant:
         self.log_path = workdir / "home-assistant.log"
         self.token = ""
         self._log = self.log_path.open("w")
+        self.start()
+
+    def start(self) -> None:
+        """Start the core (again: same configuration, users and MQTT entry) and wait until its HTTP API answers."""
         self.process = subprocess.Popen(
             [str(HA_PYTHON), "-m", "homeassistant", "-c", str(self.config), "--skip-pip", "--log-no-color"],
             stdout=self._log, stderr=subprocess.STDOUT,
@@ -95,11 +115,14 @@ class HomeAssistant:
         return self.log_path.read_text()[-3000:]
 
     def _answers(self) -> bool:
+        """Whether the HTTP server is up: any HTTP status counts (the API answers 401 to a request without login)."""
         try:
-            self.request("GET", "/api/onboarding")
+            self.request("GET", "/api/")
+        except urllib.error.HTTPError:
             return True
         except (urllib.error.URLError, ConnectionError):
             return False
+        return True
 
     def request(self, method: str, path: str, body: dict | None = None, form: dict | None = None):
         data, headers = None, {}
@@ -143,6 +166,11 @@ class HomeAssistant:
     def states(self) -> dict[str, dict]:
         return {s["entity_id"]: s for s in self.request("GET", "/api/states") if "testcam" in s["entity_id"]}
 
+    def all_set_up(self) -> bool:
+        """Every entity exists and is set up (not a placeholder restored from the registry after a restart)."""
+        states = self.states()
+        return all(e in states and not states[e]["attributes"].get("restored") for e in ENTITIES)
+
     def template(self, text: str):
         """What Home Assistant renders ``text`` to (text, or parsed JSON when it renders JSON)."""
         return self.request("POST", "/api/template", {"template": text})
@@ -167,7 +195,7 @@ class HomeAssistant:
         finally:
             driver.quit()
 
-    def stop(self) -> None:
+    def stop(self, close_log: bool = True) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -175,7 +203,8 @@ class HomeAssistant:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        self._log.close()
+        if close_log:
+            self._log.close()
 
 
 @pytest.fixture
@@ -226,6 +255,14 @@ def test_home_assistant_builds_the_device_and_its_switch_stops_the_camera(home_a
         ha.request("POST", "/api/services/switch/turn_on", {"entity_id": "switch.testcam_sensing"})
         assert wait_until(lambda: stats(sub)[-1]["sensing"] and stats(sub)[-1]["frames"] > frozen, WAIT_S)
         assert ha.states()["switch.testcam_sensing"]["state"] == "on" and "sensing on:" in service.log
+
+        # Home Assistant restarts and the broker has lost the retained configs: its birth message brings them back.
+        ha.stop(close_log=False)
+        for topic in {t for t, _, _ in sub.messages if t.endswith("/config")} | CONFIG_TOPICS:
+            clear_retained(broker, topic)
+        ha.start()
+        assert wait_until(lambda: ha.all_set_up(), WAIT_S), "the birth message must bring the entities back"
+        assert wait_until(lambda: ha.states()["sensor.testcam_dominant_emotion"]["state"] in EMOTIONS, WAIT_S)
     finally:
         assert service.stop() == 0, service.log[-3000:]
     # The service's retained "offline" makes every entity unavailable.
