@@ -3,7 +3,8 @@
 Off means the camera is closed (its light goes out) and no frame is read; windows still go out, marked
 ``sensing: false``, so subscribers see the device is alive. The state is kept in a small file so that it survives a
 restart of the service: ``$STATE_DIRECTORY/sensing`` under systemd (``StateDirectory=``, the one place the hardened
-unit may write), else ``sensing.state_file``. The file is written only when the switch is used.
+unit may write, shared with the MQTT queue of ``publish_queue``), else ``sensing.state_file``, else the user's state
+folder. The file is written only when the switch is used.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from edge_app.publish_queue import write_atomically
+
 log = logging.getLogger(__name__)
 
 ON, OFF = b"ON", b"OFF"
@@ -20,12 +23,13 @@ STATE_FILE_NAME = "sensing"
 
 
 def default_state_file(configured: str | None) -> Path:
-    """``sensing.state_file`` when set, else ``$STATE_DIRECTORY/sensing`` (systemd), else the user's state folder."""
-    if configured:
-        return Path(configured).expanduser()
+    """``$STATE_DIRECTORY/sensing`` (systemd), else ``sensing.state_file``, else the user's state folder: the same
+    precedence as the MQTT queue's folder."""
     state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state_directory:
         return Path(state_directory) / STATE_FILE_NAME
+    if configured:
+        return Path(configured).expanduser()
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "edge-emotion" / STATE_FILE_NAME
 
@@ -111,9 +115,7 @@ class SensingSwitch:
             return
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.state_file.with_name(self.state_file.name + ".tmp")
-            temporary.write_text(self.payload.decode() + "\n")
-            temporary.replace(self.state_file)  # atomic: a crash mid-write leaves the old state, not half a file
+            write_atomically(self.state_file, self.payload + b"\n")  # a crash leaves the old state, not half a file
         except OSError as exc:
             log.warning("sensing state cannot be kept in %s (%s): it is lost at restart", self.state_file,
                         exc.strerror or exc)

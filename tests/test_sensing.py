@@ -113,8 +113,9 @@ def test_state_file_place_default_and_damaged_files(tmp_path, monkeypatch, caplo
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert default_state_file(None) == tmp_path / "systemd" / "sensing"
-    assert default_state_file(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert default_state_file(str(tmp_path / "mine")) == tmp_path / "systemd" / "sensing"  # the unit's only place
     monkeypatch.delenv("STATE_DIRECTORY")
+    assert default_state_file(str(tmp_path / "mine")) == tmp_path / "mine"
     assert default_state_file(None) == tmp_path / "xdg" / "edge-emotion" / "sensing"
 
     path = tmp_path / "sensing"
