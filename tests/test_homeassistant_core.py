@@ -106,10 +106,14 @@ class HomeAssistant:
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._answers():
-            assert self.process.poll() is None, f"Home Assistant exited: {self.log_tail()}"
-            assert time.monotonic() < deadline, f"Home Assistant did not answer in {START_TIMEOUT_S} s"
-            time.sleep(0.5)
+        try:
+            while not self._answers():
+                assert self.process.poll() is None, f"Home Assistant exited: {self.log_tail()}"
+                assert time.monotonic() < deadline, f"Home Assistant did not answer in {START_TIMEOUT_S} s"
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()  # the fixture never yields, so nothing else would stop it
+            raise
 
     def log_tail(self) -> str:
         return self.log_path.read_text()[-3000:]
