@@ -207,6 +207,12 @@ class MqttConfig(Section):
         return self
 
 
+class SensingConfig(Section):
+    switch: bool = Field(True, strict=True)
+    default: bool = Field(True, strict=True)
+    state_file: Optional[str] = None  # ignored under systemd ($STATE_DIRECTORY); None: ~/.local/state/edge-emotion
+
+
 class LoggingConfig(Section):
     level: str = "INFO"
 
@@ -260,6 +266,7 @@ class AppConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()
     mqtt: MqttConfig = MqttConfig()
+    sensing: SensingConfig = SensingConfig()
     logging: LoggingConfig = LoggingConfig()
     train: TrainConfig = TrainConfig()
     convert: ConvertConfig = ConvertConfig()

@@ -1,8 +1,9 @@
 """``edge-emotion run``: frames -> faces -> emotions -> tracks -> one aggregated MQTT message per window.
 
 Nothing but the aggregated numbers leaves the process: frames, crops and landmarks live only in this loop, and
-nothing is written to disk but the windows waiting for the broker (``publish_queue``, under the state directory).
-Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
+nothing is written to disk but the windows waiting for the broker (``publish_queue``, under the state directory)
+and the privacy switch's state (``sensing``), when it is used. Under systemd (``Type=notify``) it reports READY,
+STATUS, WATCHDOG and STOPPING.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
 from edge_app.mqtt import MqttError, MqttPublisher
 from edge_app.publish_queue import QueueDirError
 from edge_app.runtime import ModelLoadError
+from edge_app.sensing import SensingSwitch
 from edge_app.sources import ReconnectingSource
 from edge_app.tracker import Track, Tracker
 
@@ -135,6 +137,19 @@ def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
     return result
 
 
+# While sensing is off the loop wakes at least this often (to publish windows, feed the watchdog, see a stop).
+SENSING_OFF_POLL_S = 0.25
+
+
+def follow_switch(sensing: bool, source: ReconnectingSource) -> None:
+    """Sensing went off: close the source (a camera's light goes out; its next read opens it again) and say so."""
+    if sensing:
+        log.info("sensing on: reading %s again", source.name)
+    else:
+        source.close()
+        log.info("sensing off: %s is closed and no frame is read until sensing is switched on", source.name)
+
+
 class _Stop:
     """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits.
 
@@ -165,8 +180,11 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         return 2
     source = ReconnectingSource(config.source)  # ConfigError for a source.uri that means nothing: exit 2 in cli
     device = config.device.id
+    switch = SensingSwitch.from_config(config.sensing)
     try:
-        publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes) if config.mqtt.enabled else None
+        publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes,
+                                              switch=switch if config.sensing.switch else None
+                                              ) if config.mqtt.enabled else None
     except (MqttError, QueueDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -175,40 +193,44 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
                                               first_seq=publisher.next_seq if publisher else 1)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
                                config.detection.every_n_frames)
-    log.info("running: %s, model %s on %s, device id %s", source.name, classifier.model_path.name,
-             classifier.delegate_in_use, device)
+    log.info("running: %s, model %s on %s, device id %s, sensing %s", source.name, classifier.model_path.name,
+             classifier.delegate_in_use, device, "on" if switch.on else f"off (kept in {switch.state_file})")
     stop = _Stop(config.mqtt.flush_s)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     watchdog_every = sdnotify.watchdog_interval()
-    windows, ready, alive, last_ping = 0, False, False, 0.0
+    windows, ready, alive, last_ping, sensing = 0, False, False, 0.0, True
 
     def publish(now: float) -> None:
         nonlocal windows
-        message = aggregator.flush(now)
+        message = aggregator.flush(now, sensing=switch.on)
         windows += 1
-        state = source.state.split(":")[0]
+        state = source.state.split(":")[0] if switch.on else "off"
+        shown = source.state if switch.on else "closed (sensing off)"
         log.info("window %d: %d frames, %d faces, dominant %s, source %s", message.seq, message.frames,
-                 message.faces, message.dominant, source.state)
+                 message.faces, message.dominant, shown)
         mqtt_state = "off"
         if publisher is not None:
             publisher.publish_emotions(message)
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
-                delegate=classifier.delegate_in_use, source_state=state,
+                delegate=classifier.delegate_in_use, source_state=state, sensing=switch.on,
                 delegates=delegates_in_use(classifier, pipeline),
             ))
             mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
         sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "
-                        f"{message.dominant or 'none'}; source {source.state}; mqtt {mqtt_state}")
+                        f"{message.dominant or 'none'}; source {shown}; mqtt {mqtt_state}")
 
     try:
         while not stop.requested:
-            result = take_frame(source.read, processor, aggregator)
+            sensing, was_sensing = switch.on, sensing
+            if sensing != was_sensing:
+                follow_switch(sensing, source)
+            result = take_frame(source.read, processor, aggregator) if sensing else switch.wait(SENSING_OFF_POLL_S)
             now = time.monotonic()
-            alive = alive or result is not None
-            reopening = source.state.startswith("reopening")
-            if not ready and (result is not None or reopening):
+            alive = alive or result is not None or not sensing  # while off, the loop's waking up is its sign of life
+            reopening = sensing and source.state.startswith("reopening")
+            if not ready and (result is not None or reopening or not sensing):
                 sdnotify.ready(f"{source.name}: {source.state}")
                 ready = True
             # The watchdog is fed while frames flow, or while a lost source is being reopened on schedule (the loop

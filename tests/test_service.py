@@ -50,7 +50,8 @@ def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto, clien
         assert window["faces"] == 1 and window["dominant"] == "happy"  # the smiling astronaut
         assert abs(sum(window["emotions"].values()) - 1.0) < 0.01
         assert set(window) == {"seq", "ts", "device", "window_s", "frames", "fps", "faces", "tracks_seen",
-                               "emotions", "dominant", "tracks"}
+                               "emotions", "dominant", "tracks", "sensing"}
+        assert window["sensing"] is True
     stats = by_topic["emotion/testcam/stats"]
     assert stats and stats[-1]["delegate"] == "cpu" and stats[-1]["frames"] > 0
     assert any(topic.startswith("homeassistant/sensor/testcam/") for topic in by_topic)
