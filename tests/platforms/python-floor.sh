@@ -23,6 +23,7 @@ CHECK_FACES=48
 WORK=""
 ROOT=""
 BROKER_PID=""
+SUBSCRIBER_PID=""
 rootfs="cached"
 stage="start"
 
@@ -39,11 +40,17 @@ fail() {
 }
 
 cleanup() {
+    [ -n "$SUBSCRIBER_PID" ] && kill "$SUBSCRIBER_PID" 2>/dev/null || true
     [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
     if [ -n "$ROOT" ]; then
         for mount in fer dev/pts dev proc sys root/.cache/pip; do
-            mountpoint -q "$ROOT/$mount" 2>/dev/null && umount -l "$ROOT/$mount"
+            mountpoint -q "$ROOT/$mount" 2>/dev/null && umount -l "$ROOT/$mount" || true
         done
+        # Never delete through a mount that is still there (the FER-2013 folder, pip's cache).
+        if grep -q " $ROOT/" /proc/mounts; then
+            echo "python-floor: $ROOT still has mounts; left in place" >&2
+            return 0
+        fi
     fi
     [ -n "$WORK" ] && rm -rf --one-file-system "$WORK"
     return 0
@@ -204,14 +211,15 @@ client.loop_stop()
 json.dump(messages, open(out, "w"))
 EOF
 inside python3 /subscriber.py "$port" /messages.json &
-subscriber_pid=$!
+SUBSCRIBER_PID=$!
 for _ in $(seq 600); do [ -f "$ROOT/messages.json.ready" ] && break; sleep 0.1; done
 [ -f "$ROOT/messages.json.ready" ] || fail "the subscriber did not subscribe"
 run_started=$(date +%s.%N)
 inside edge-emotion --set mqtt.host=127.0.0.1 --set mqtt.port="$port" --set device.id=floor39 --set aggregate.window_s=1 \
     --set mqtt.discovery=false run --duration 3 >"$WORK/run.log" 2>&1 || { tail -20 "$WORK/run.log" >&2; fail "edge-emotion run failed"; }
 run_s=$(python3 -c "import time; print(round(time.time() - $run_started, 1))")
-wait "$subscriber_pid" || fail "the subscriber failed"
+wait "$SUBSCRIBER_PID" || fail "the subscriber failed"
+SUBSCRIBER_PID=""
 run_result=$(python3 - "$ROOT/messages.json" <<'EOF'
 import json, sys
 messages = json.load(open(sys.argv[1]))
