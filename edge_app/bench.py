@@ -7,7 +7,8 @@ delivery under load.
 
 Stages, each as median, p95 and mean milliseconds: ``read`` (decode + colour conversion), ``detect`` (the face
 detector, on detection frames), ``landmarks`` (Face Mesh, crop and features, every frame), ``classify`` (the emotion
-model on every face), ``track_aggregate``, ``publish`` (closing a window and serialising/queuing it) and ``total``.
+model on every face), ``track_aggregate``, ``publish`` (closing a window and serialising/queuing it; without
+``--soak`` a window closes every 30 timed frames) and ``total``.
 ``inference_ms`` gives each network's own time per call (the runtime's ``invoke``): the floor under the stages,
 which says how fast this device runs the models apart from the code around them.
 The same ``FrameProcessor`` as ``edge-emotion run`` does the work, so the figures are the service's.
@@ -41,8 +42,9 @@ MAX_FACES = 9  # a 3x3 grid: more columns make faces too small for the short-ran
 FACE_MARGIN = 1.25  # half the tile, in face widths
 STAGES = ("read", "detect", "landmarks", "classify", "track_aggregate", "publish", "total")
 NETWORKS = ("face_detector", "face_mesh", "classifier")
-# Without --soak, a window closes every second (not every aggregate.window_s) so that a short run times publishing.
-BENCH_WINDOW_S = 1.0
+# Without --soak, a window closes every this many timed frames (not on the clock), so that a run of any length on a
+# machine of any speed times publishing the same number of times: --frames 120 publishes 4 windows.
+BENCH_WINDOW_FRAMES = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,8 +143,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
     device = config.device.id
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
                                config.detection.every_n_frames)
-    aggregator = WindowAggregator(classifier.classes, config.aggregate.window_s if args.soak else BENCH_WINDOW_S,
-                                  device, now=time.monotonic())
+    aggregator = WindowAggregator(classifier.classes, config.aggregate.window_s, device, now=time.monotonic())
     publisher = None
     if args.soak and config.mqtt.enabled:
         try:
@@ -178,7 +179,11 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             aggregator.add_frame(result.tracks, len(result.faces), now, result.ms, result.skipped_detections)
             t3 = time.perf_counter()
             publish_ms = None
-            if aggregator.due(now):
+            if args.soak:
+                window_closes = aggregator.due(now)
+            else:
+                window_closes = frames >= args.warmup and (frames - args.warmup + 1) % BENCH_WINDOW_FRAMES == 0
+            if window_closes:
                 late_s, window_due = max(late_s, now - window_due), now + aggregator.window_s
                 message = aggregator.flush(now)
                 windows += 1

@@ -5,7 +5,7 @@ really does, and compares the accuracy with the one ``convert/quantize.py`` meas
 (the model card). Two modes:
 
 * default: 48x48 faces (the project's npz, Kaggle's fer2013.csv or an image-folder copy,
-  loaded by ``train.data``), landmarks computed exactly as for training;
+  loaded by ``edge_app.dataset``), landmarks computed exactly as for training;
 * ``--full-pipeline``: ordinary photos through detection, landmarks and cropping; PATH is a
   folder ``<class name>/*.jpg|png`` or an npz with ``images`` (N,H,W,3 uint8 RGB) and
   ``emotion`` (N, FER-2013 coding). A photo with no face found, or that cannot be read, counts as wrong.
@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_app.classifier import EmotionClassifier
+from edge_app.dataset import DataError, load_dataset
 from edge_app.emotions import fer_label_map
 from edge_app.faces import FacePipeline, FrameError
 from edge_app.model_card import ModelError
@@ -78,8 +79,6 @@ def progress(items: Any, total: int, desc: str) -> Any:
 
 def check_faces(args: argparse.Namespace, classifier: EmotionClassifier) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels and predictions for 48x48 faces, landmarks found as the training landmark cache finds them."""
-    from train.data import DataError, load_dataset
-
     data = load_dataset(args.data)
     if args.split != "all":
         data = data.split(args.split)
@@ -99,8 +98,6 @@ def check_faces(args: argparse.Namespace, classifier: EmotionClassifier) -> tupl
 
 def photos(path: Path, classes: tuple[str, ...]) -> tuple[int, Iterator[tuple[str, int, np.ndarray | None]]]:
     """(count, iterator of (name, label, RGB image or None when unreadable)) for a photo folder or npz."""
-    from train.data import DataError
-
     if path.is_dir():
         files = []
         for folder in sorted(p for p in path.iterdir() if p.is_dir()):
@@ -185,8 +182,6 @@ def expected_accuracy(classifier: EmotionClassifier) -> float | None:
 
 
 def main(args: argparse.Namespace, config: Any) -> int:
-    from train.data import DataError
-
     try:
         classifier = EmotionClassifier.from_config(config)
         if args.full_pipeline:

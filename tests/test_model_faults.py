@@ -108,7 +108,7 @@ def test_model_fault_is_one_line_and_nothing_is_published(mosquitto, models: Pat
     subscriber = Subscriber(broker, ["#"])  # every topic, retained ones included
     try:
         result = run(broker, models, *settings)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a stray message would arrive by now; the wait's length cannot make the test fail
     finally:
         subscriber.close()
     assert result.returncode == 2, result.stderr
@@ -129,7 +129,8 @@ def test_a_delegate_that_cannot_load_falls_back_to_the_cpu(mosquitto, models: Pa
     subscriber = Subscriber(broker, ["emotion/testcam/#"])
     try:
         result = run(broker, models, f"runtime.delegate={delegate}", args=("--max-windows", "2"))
-        time.sleep(0.5)
+        subscriber.wait_for(lambda: len(subscriber.on("emotion/testcam/stats")) >= 2
+                            and len(subscriber.on("emotion/testcam/emotions")) >= 2, timeout=30)
     finally:
         subscriber.close()
     assert result.returncode == 0, result.stderr

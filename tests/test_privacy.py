@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -83,7 +82,8 @@ def test_nothing_but_aggregates_leaves_a_run_over_a_real_video(mosquitto, tmp_pa
              "--set", "source.fps=20", "--set", "mqtt.discovery=true", "--log-level", "DEBUG", "run"],
             capture_output=True, text=True, timeout=120, env=env, cwd=places["cwd"],
         )
-        time.sleep(0.5)
+        subscriber.wait_for(lambda: sum(json.loads(p)["frames"] for p in subscriber.on("emotion/testcam/emotions"))
+                            == FRAMES and subscriber.on("emotion/testcam/status")[-1:] == [b"offline"], timeout=30)
     finally:
         subscriber.close()
     assert result.returncode == 0, result.stderr

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from edge_app.dataset import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from edge_app.model_card import FACE_INPUT, ModelError, float_model_inputs, load_card  # noqa: E402
 from edge_app.preprocess import landmark_features, mirror_inputs  # noqa: E402
-from train.data import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
 log = logging.getLogger("evaluate")

@@ -24,12 +24,12 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_app.dataset import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 from edge_app.emotions import fer_label_map  # noqa: E402
 from edge_app.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
 from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
 from edge_app.model_card import ModelCard  # noqa: E402
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
-from train.data import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 
 log = logging.getLogger(__name__)
 
