@@ -4,12 +4,12 @@
 # faces compared face by face with the same check on this x86 host (top-1 agreement >= 99%), and
 # `edge-emotion run --duration` publishing to a mosquitto inside the root.
 # Emulated timings say nothing about a Pi's speed: none is reported.
-# Root only. Prints a JSON summary as its last line; exits 1 on a failed check. Cache: see lib.sh.
+# Root only. Prints a JSON summary as its last line; exits 1 on a failed check. Cache: see lib.bash.
 # FER2013_PATH: the FER-2013 npz (without it the agreement check is skipped and says so);
 # EDGE_EMOTION_CI_FACES (default 300): how many PrivateTest faces; EDGE_EMOTION_CI_PYTHON: the x86 Python with
 # edge_app installed (default: the clone's .venv).
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/lib.bash"
 
 PACKAGES=python3,python3-venv,ca-certificates,mosquitto,mosquitto-clients
 FACES="${EDGE_EMOTION_CI_FACES:-300}"

@@ -5,9 +5,9 @@
 # subscriber inside, `offline` retained after a stop, a frozen process restarted by the watchdog, a broken config
 # failing with exit 2 and no restart loop, the state directory the only writable path, systemd-analyze security
 # <= 2.0, install.sh idempotent, and --uninstall leaving only the configuration.
-# Root only. Prints a JSON summary as its last line; exits 1 on the first failed check. Cache: see lib.sh.
+# Root only. Prints a JSON summary as its last line; exits 1 on the first failed check. Cache: see lib.bash.
 set -euo pipefail
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/lib.bash"
 
 PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,mosquitto,mosquitto-clients
 MACHINE=edge-ci  # the container's host name: instances publish as edge-ci-cam0 and edge-ci-cam1

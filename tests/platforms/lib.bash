@@ -1,5 +1,5 @@
-# Shared by tests/platforms/*.sh (sourced, not run): cached Debian roots, the working tree as a source folder,
-# a cleanup stack run on any exit, and the one-line JSON summary each script ends with.
+# Shared by tests/platforms/*.sh (sourced, not run; not a .sh so that .ci/run does not run it): cached Debian roots,
+# the working tree as a source folder, a cleanup stack run on any exit, and the JSON summary each script ends with.
 # Cache (outside the clone, so a fresh clone is fast on a machine that ran the checks before):
 #   $EDGE_EMOTION_CI_CACHE (default /var/cache/edge-emotion-ci): rootfs-*.tar and pip-<arch>/ (pip's wheel cache).
 
@@ -36,7 +36,8 @@ RESULTS=()
 result() { RESULTS+=("\"$1\": $2"); }
 summary() {
     local passed="$1" error="${2:-}" body
-    body="$(IFS=,; echo "${RESULTS[*]}")"
+    body="$(printf '%s, ' "${RESULTS[@]}")"
+    body="${body%, }"
     [ -z "$body" ] || body="$body, "
     if [ -n "$error" ]; then
         error="$(printf '%s' "$error" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr '\n\t' '  ')"
@@ -92,6 +93,8 @@ prepare_root() {
     done
     chroot "$root" update-ca-certificates >/dev/null 2>&1 || fail "update-ca-certificates failed in the root"
     cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    # debootstrap writes no /etc/hosts: without it "localhost" does not resolve (Raspberry Pi OS has one).
+    [ -e "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
     install -d "$root/src/edge-emotion"
     git -C "$REPO" ls-files -z --cached --others --exclude-standard \
         | (cd "$REPO" && xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' _) \
