@@ -64,12 +64,14 @@ mirror() {
 }
 
 # rootfs ARCH PACKAGES DEST: DEST becomes a Debian bookworm minbase root with PACKAGES (comma-separated),
-# unpacked from a cached tarball that is built once per (ARCH, PACKAGES).
+# unpacked from a cached tarball that is built once per (ARCH, PACKAGES); ROOTFS_CACHED says whether it was there.
 rootfs() {
     local arch="$1" packages="$2" dest="$3" key tarball build
     key="$(echo "bookworm $arch $packages" | sha256sum | cut -c1-12)"
     tarball="$CACHE/rootfs-bookworm-$arch-$key.tar"
+    ROOTFS_CACHED=true
     if [ ! -s "$tarball" ]; then
+        ROOTFS_CACHED=false
         log "debootstrap bookworm $arch (once; cached as $tarball)"
         install -d "$CACHE"
         build="$(mktemp -d "$CACHE/build.XXXXXX")"

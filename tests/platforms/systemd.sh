@@ -27,7 +27,9 @@ SECONDS_ROOT=$SECONDS
 rootfs amd64 "$PACKAGES" "$ROOT"
 prepare_root "$ROOT"
 result rootfs_s $((SECONDS - SECONDS_ROOT))
+result rootfs_cached "$ROOTFS_CACHED"
 if chroot "$ROOT" ldconfig -p | grep -q 'libGL\.so\.1'; then fail "the root has libGL; the check is meant for a headless system"; fi
+result libgl false
 
 # Test configuration for every instance: the demo face, 2-second windows, the broker inside the container.
 for name in "${INSTANCES[@]}"; do
@@ -103,6 +105,7 @@ wait_for() {
     done
 }
 
+log "booting the container"
 booted() { state="$(in_ct systemctl is-system-running)"; [ "$state" = running ] || [ "$state" = degraded ]; }
 wait_for "$WAIT_S" "the container did not finish booting" booted
 result boot_state "\"$(in_ct systemctl is-system-running || true)\""
@@ -127,8 +130,7 @@ for name in "${INSTANCES[@]}"; do
     wait_for "$WAIT_S" "systemctl status $unit shows no Status line" has_status "$unit"
 done
 result ready true
-result status_line "\"$(in_ct systemctl status --no-pager edge-emotion@cam0.service | sed -n 's/^ *Status: "\(.*\)"$/\1/p' \
-    | sed 's/"/\\"/g')\""
+log "both instances are active with READY; waiting for their MQTT messages"
 
 # Messages from both instances, each under its own device id.
 for name in "${INSTANCES[@]}"; do
@@ -139,6 +141,11 @@ for name in "${INSTANCES[@]}"; do
 done
 grep -q "^emotion/$MACHINE-cam0/status online$" "$ROOT/root/messages.log" || fail "no retained online status"
 result messages "$(grep -c '^emotion/' "$ROOT/root/messages.log")"
+result device_ids "[\"$MACHINE-cam0\", \"$MACHINE-cam1\"]"
+status_after_a_window() { in_ct systemctl status --no-pager edge-emotion@cam0.service | grep -q '^ *Status: "window'; }
+wait_for "$WAIT_S" "STATUS never reported a window" status_after_a_window
+result status_line "\"$(in_ct systemctl status --no-pager edge-emotion@cam0.service \
+    | sed -n 's/^ *Status: "\(.*\)"$/\1/p' | sed 's/"/\\"/g')\""
 
 # The state directory: $STATE_DIRECTORY, owned by the dynamic user, and the only writable path besides private /tmp.
 unit=edge-emotion@cam0.service
@@ -165,6 +172,7 @@ exposure="$(in_ct systemd-analyze security --no-pager $unit | sed -n 's/.*Overal
 awk -v e="$exposure" 'BEGIN { exit !(e <= 2.0) }' || fail "systemd-analyze security: exposure $exposure > 2.0"
 result exposure "$exposure"
 
+log "state directory $state_dir, exposure $exposure; stopping cam1"
 # A stop publishes the retained offline status; the other camera keeps running.
 in_ct systemctl stop edge-emotion@cam1.service
 retained="$(in_ct mosquitto_sub -h localhost -t "emotion/$MACHINE-cam1/status" -C 1 -W 10 || true)"
@@ -174,6 +182,7 @@ result offline_retained true
 
 # A frozen process stops sending WATCHDOG=1: systemd kills and restarts it.
 restarts="$(show $unit NRestarts)"
+log "SIGSTOP to $unit (pid $pid): waiting for the watchdog"
 in_ct sh -c "kill -STOP $pid"
 start=$SECONDS
 restarted() { [ "$(show $unit NRestarts)" -gt "$restarts" ] && [ "$(show $unit ActiveState)" = active ] \
@@ -182,6 +191,7 @@ wait_for "$WAIT_S" "the SIGSTOPped $unit was not restarted" restarted
 in_ct journalctl -u $unit -o cat | grep -q 'Watchdog timeout' || fail "$unit restarted, but not by the watchdog"
 result watchdog_restart_s $((SECONDS - start))
 
+log "a broken config"
 # A broken config: exit 2, one line naming the key, and no restart scheduled (failed, not auto-restart).
 printf 'mqtt:\n  port: abc\n' >"$ROOT/etc/edge-emotion/broken.yaml"
 broken=edge-emotion@broken.service
@@ -200,6 +210,7 @@ snapshot() {
         | sort | xargs -r md5sum 2>/dev/null; find /etc/systemd/system -name "edge-emotion*" | sort'
 }
 before="$(snapshot)"
+log "install.sh again"
 start=$SECONDS
 in_ct_net bash /src/edge-emotion/systemd/install.sh >"$WORK/install2.log" 2>&1 \
     || fail "install.sh, second run, failed: $(tail -n 5 "$WORK/install2.log")"
@@ -211,6 +222,7 @@ done
 [ ! -e "$ROOT/etc/edge-emotion/main.yaml" ] || fail "a re-run added an instance main"
 result idempotent true
 
+log "install.sh --uninstall"
 # --uninstall: nothing left but /etc/edge-emotion.
 in_ct bash /src/edge-emotion/systemd/install.sh --uninstall >"$WORK/uninstall.log" 2>&1 \
     || fail "install.sh --uninstall failed: $(tail -n 5 "$WORK/uninstall.log")"
