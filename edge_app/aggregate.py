@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -52,7 +52,7 @@ class EmotionsMessage(Payload):
     faces: Annotated[int, Field(ge=0)]
     tracks_seen: Annotated[int, Field(ge=0)]
     emotions: dict[Label, Probability]
-    dominant: Label | None
+    dominant: Optional[Label]  # noqa: UP045 (pydantic evaluates it at run time; Python 3.9 lacks X | None)
     tracks: list[TrackSummary]
 
     @model_validator(mode="after")
@@ -72,6 +72,17 @@ class Latency(Payload):
     total: NonNegative
 
 
+DelegateName = Literal["cpu", "edgetpu", "gpu"]
+
+
+class Delegates(Payload):
+    """Where each network runs (``runtime.delegate``, or ``cpu`` where it could not load or does not apply)."""
+
+    detector: DelegateName
+    landmarks: DelegateName
+    classifier: DelegateName
+
+
 class StatsMessage(Payload):
     """Health figures, published on ``<prefix>/<device>/stats``."""
 
@@ -84,15 +95,16 @@ class StatsMessage(Payload):
     skipped_detections: Annotated[int, Field(ge=0)]
     buffered_messages: Annotated[int, Field(ge=0)]
     dropped_messages: Annotated[int, Field(ge=0)]
-    delegate: Literal["cpu", "edgetpu", "gpu"]
+    delegate: DelegateName  # the classifier's, as before ``delegates``
+    delegates: Delegates
     source_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
     uptime_s: NonNegative
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """ISO 8601 UTC with milliseconds and a ``Z`` suffix, as Home Assistant and Frigate write it."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -123,10 +135,12 @@ class _WindowFigures:
 class WindowAggregator:
     """Collects tracker output frame by frame and turns every ``window_s`` seconds into one ``EmotionsMessage``.
 
-    Times are monotonic seconds supplied by the caller; ``seq`` starts at 1 and never repeats while running.
+    Times are monotonic seconds supplied by the caller; ``seq`` starts at ``first_seq`` (1, or where the publisher's
+    queue says an earlier run stopped) and never repeats.
     """
 
-    def __init__(self, classes: Sequence[str], window_s: float, device: str, now: float = 0.0) -> None:
+    def __init__(self, classes: Sequence[str], window_s: float, device: str, now: float = 0.0,
+                 first_seq: int = 1) -> None:
         if window_s <= 0 or not math.isfinite(window_s):
             raise ValueError(f"aggregate.window_s: expected a positive number of seconds, got {window_s!r}")
         self.classes = tuple(classes)
@@ -136,7 +150,7 @@ class WindowAggregator:
         self.frames_total = 0
         self.dropped_frames_total = 0
         self.skipped_detections_total = 0
-        self._next_seq = 1
+        self._next_seq = first_seq
         self._window_start = now
         self._tracks: dict[int, _TrackWindow] = {}
         self._faces_now = 0
@@ -144,9 +158,10 @@ class WindowAggregator:
         self._last: _WindowFigures | None = None
 
     @classmethod
-    def from_config(cls, section, classes: Sequence[str], device: str, now: float = 0.0) -> WindowAggregator:
+    def from_config(cls, section, classes: Sequence[str], device: str, now: float = 0.0,
+                    first_seq: int = 1) -> WindowAggregator:
         """Build from the ``aggregate`` config section."""
-        return cls(classes, section.window_s, device, now)
+        return cls(classes, section.window_s, device, now, first_seq)
 
     def add_frame(self, tracks: Sequence[Track], faces_now: int, now: float,
                   latencies: Mapping[str, float] | None = None, skipped_detections: int = 0) -> None:
@@ -208,8 +223,10 @@ class WindowAggregator:
         return message
 
     def stats(self, now: float, *, buffered_messages: int, dropped_messages: int, delegate: str,
-              source_state: str) -> StatsMessage:
-        """Health figures: fps and mean latencies of the last closed window, frame counters since start."""
+              source_state: str, delegates: Mapping[str, str] | None = None) -> StatsMessage:
+        """Health figures: fps and mean latencies of the last closed window, frame counters since start.
+
+        ``delegates`` maps detector, landmarks and classifier to where each runs; None: all on ``delegate``."""
         window = self._last or self._current
         return StatsMessage(
             ts=utc_timestamp(),
@@ -222,6 +239,7 @@ class WindowAggregator:
             buffered_messages=buffered_messages,
             dropped_messages=dropped_messages,
             delegate=delegate,
+            delegates=Delegates.model_validate(delegates or dict.fromkeys(Delegates.model_fields, delegate)),
             source_state=source_state,
             uptime_s=round(max(now - self.started, 0.0), 3),
         )

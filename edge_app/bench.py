@@ -32,7 +32,7 @@ from edge_app.config import AppConfig
 from edge_app.faces import FrameError, as_rgb8
 from edge_app.mqtt import MqttError, MqttPublisher
 from edge_app.runtime import ModelLoadError
-from edge_app.service import FrameProcessor, load_models
+from edge_app.service import FrameProcessor, delegates_in_use, load_models
 from edge_app.sources import demo_image, read_image
 from edge_app.tracker import Tracker
 
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
     publisher = None
     if args.soak and config.mqtt.enabled:
         try:
-            publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes)
+            publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes, keep_on_disk=False)
         except MqttError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -232,6 +232,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         "latency_ms": {stage: summary(values) for stage, values in samples.items()},
         "inference_ms": {network: summary(values) for network, values in inference.items()},
         "delegate": classifier.delegate_in_use,
+        "delegates": delegates_in_use(classifier, pipeline),
         "threads": config.runtime.num_threads,
         "every_n_frames": config.detection.every_n_frames,
         "flip_average": classifier.flip_average,

@@ -87,7 +87,7 @@ def check_faces(args: argparse.Namespace, classifier: EmotionClassifier) -> tupl
         data = data.select(np.arange(len(data)) < args.limit)
     if len(data) == 0:
         raise DataError(f"{args.data}: no faces of classes {list(classifier.classes)} in split {args.split!r}")
-    pipeline = FacePipeline(classifier.crop_spec, min_face_px=0, max_faces=1)
+    pipeline = FacePipeline.for_small_faces(classifier.crop_spec)
     predictions, times = np.empty(len(data), np.int64), []
     for i, image in enumerate(progress(data.images, len(data), "check")):
         features = landmark_features(pipeline.small_face_landmarks(image))
@@ -138,11 +138,7 @@ def photos(path: Path, classes: tuple[str, ...]) -> tuple[int, Iterator[tuple[st
 def check_photos(args: argparse.Namespace, classifier: EmotionClassifier, config: Any) -> tuple[np.ndarray, np.ndarray,
                                                                                                   dict]:
     """Labels and predictions for photos through the device's face pipeline (largest face per photo)."""
-    pipeline = FacePipeline(
-        classifier.crop_spec, min_detection_score=config.detection.min_score,
-        min_landmark_score=config.detection.min_landmark_score, min_face_px=config.detection.min_face_px,
-        max_faces=1, num_threads=config.runtime.num_threads,
-    )
+    pipeline = FacePipeline.from_config(config, classifier.crop_spec, max_faces=1)
     count, samples = photos(args.data, classifier.classes)
     count = min(count, args.limit) if args.limit else count
     labels, predictions, found, unreadable, pipeline_ms, times = [], [], 0, 0, [], []

@@ -1,4 +1,5 @@
-"""The emotion classifier: the int8 TFLite model, checked against its card, fed by input name."""
+"""The emotion classifier: the int8 TFLite model (its float16 build on the GPU delegate, its Edge TPU build on the
+Edge TPU), checked against its card, fed by input name."""
 
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ class EmotionClassifier:
         verify(self.card, self.model_path, expected_classes, card_dir=self.card_path.parent)
         path, model_delegate = self._choose_file(delegate)
         self.model = self._load(path, model_delegate, num_threads)
-        if self.model.path != self.model_path and self.model.delegate_in_use != "edgetpu":  # no Edge TPU library
-            log.info("running %s on the CPU instead of %s (built for the Edge TPU)", self.model_path.name, path.name)
+        if self.model.path != self.model_path and self.model.delegate_in_use == "cpu":  # the delegate did not load
+            log.info("running %s on the CPU instead of %s (built for the %s)", self.model_path.name, path.name,
+                     "Edge TPU" if model_delegate == "edgetpu" else "GPU delegate")
             self.model = self._load(self.model_path, "cpu", num_threads)
         self.model_path = self.model.path
         self.delegate_in_use = self.model.delegate_in_use
@@ -81,7 +83,10 @@ class EmotionClassifier:
         )
 
     def _choose_file(self, delegate: str) -> tuple[Path, str]:
-        """The file and delegate to load: the Edge TPU build when asked for and listed in the card."""
+        """The file and delegate to load: the card's float16 build for the GPU delegate (int8 kernels would run
+        there, dequantized, for no gain), the Edge TPU build when asked for and listed in the card."""
+        if delegate == "gpu":
+            return self._float16_file(), "gpu"
         if delegate != "edgetpu":
             return self.model_path, delegate
         for candidate in edgetpu_candidates(self.model_path):
@@ -97,6 +102,19 @@ class EmotionClassifier:
         log.warning("no Edge TPU model beside %s (expected %s, made by edgetpu_compiler); running it on the CPU",
                     self.model_path.name, edgetpu_candidates(self.model_path)[0].name)
         return self.model_path, "cpu"
+
+    def _float16_file(self) -> Path:
+        """The card's ``float16`` file when it is there (checked against the card), else the configured model."""
+        entry = self.card.files.get("float16")
+        if entry is None:
+            return self.model_path
+        candidate = self.card_path.parent / entry.file
+        if not candidate.is_file():
+            log.warning("%s lists %s for the GPU delegate, but it is not there; running %s on the GPU delegate",
+                        self.card_path.name, entry.file, self.model_path.name)
+            return self.model_path
+        verify(self.card, candidate, self.expected_classes, card_dir=self.card_path.parent)
+        return candidate
 
     def _load(self, path: Path, delegate: str, num_threads: int) -> TFLiteModel:
         try:

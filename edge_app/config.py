@@ -123,7 +123,7 @@ class DeviceConfig(Section):
 
 class SourceConfig(Section):
     uri: str = "demo"
-    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "video", "images", "demo"],
+    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "gstreamer", "video", "images", "demo"],
                     BeforeValidator(_lower)] = "auto"
     width: int = Field(640, ge=16, le=8192, strict=True)
     height: int = Field(480, ge=16, le=8192, strict=True)
@@ -187,6 +187,9 @@ class MqttConfig(Section):
     tls_insecure: bool = Field(False, strict=True)
     keepalive: int = Field(30, ge=5, le=65535, strict=True)
     buffer_size: int = Field(1000, ge=1, strict=True)
+    queue_dir: Optional[str] = None  # None: $STATE_DIRECTORY under systemd, else memory only
+    flush_s: float = Field(5.0, ge=0, strict=True)
+    reconnect_probe_s: float = Field(1.0, gt=0, strict=True)
     reconnect_min_s: float = Field(1.0, gt=0, strict=True)
     reconnect_max_s: float = Field(60.0, gt=0, strict=True)
     discovery: bool = Field(True, strict=True)

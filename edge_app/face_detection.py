@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge_app.geometry import iou_matrix
 from edge_app.mediapipe_assets import FACE_DETECTOR, mediapipe_model
 from edge_app.runtime import TFLiteModel
 
@@ -48,17 +49,6 @@ def ssd_anchors() -> np.ndarray:
     return np.concatenate(centres).astype(np.float32)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
 def weighted_nms(
     boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, iou_threshold: float = 0.3
 ) -> list[tuple[np.ndarray, float, np.ndarray]]:
@@ -68,7 +58,7 @@ def weighted_nms(
     kept = []
     while remaining.size:
         top = remaining[0]
-        overlap = _iou(boxes[top], boxes[remaining]) > iou_threshold
+        overlap = iou_matrix(boxes[top][None], boxes[remaining])[0] > iou_threshold
         cluster = remaining[overlap]
         weights = scores[cluster][:, None]
         box = (boxes[cluster] * weights).sum(0) / weights.sum()
@@ -79,10 +69,11 @@ def weighted_nms(
 
 
 class FaceDetector:
-    """Find faces in an RGB uint8 frame."""
+    """Find faces in an RGB uint8 frame; ``delegate`` as in ``TFLiteModel`` (``model.delegate_in_use`` says)."""
 
-    def __init__(self, min_score: float = 0.5, iou_threshold: float = 0.3, num_threads: int = 1):
-        self.model = TFLiteModel(mediapipe_model(FACE_DETECTOR), num_threads=num_threads)
+    def __init__(self, min_score: float = 0.5, iou_threshold: float = 0.3, num_threads: int = 1,
+                 delegate: str = "cpu"):
+        self.model = TFLiteModel(mediapipe_model(FACE_DETECTOR), delegate=delegate, num_threads=num_threads)
         self.min_score = min_score
         self.iou_threshold = iou_threshold
         self.anchors = ssd_anchors()

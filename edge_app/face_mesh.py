@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edge_app.face_detection import Detection, sigmoid
+from edge_app.geometry import square_warp_matrix
 from edge_app.mediapipe_assets import FACE_LANDMARKER, mediapipe_model
 from edge_app.runtime import TFLiteModel
 
@@ -40,12 +41,7 @@ class Roi:
 
     def warp_matrix(self, out_size: int) -> np.ndarray:
         """Affine matrix taking output pixels (0..out_size) to image pixels, for ``WARP_INVERSE_MAP``."""
-        c, s = np.cos(self.rotation), np.sin(self.rotation)
-        k = self.size / out_size
-        # output pixel centre (j + 0.5) / out_size -> uv, then to image, with pixel-centre convention.
-        a = np.array([[c * k, -s * k], [s * k, c * k]])
-        t = np.array([self.cx, self.cy]) - a @ np.array([out_size / 2, out_size / 2]) + a @ [0.5, 0.5] - 0.5
-        return np.hstack([a, t[:, None]]).astype(np.float64)
+        return square_warp_matrix(np.array([self.cx, self.cy]), self.size, self.rotation, out_size)
 
 
 def _roi(box: np.ndarray, start: np.ndarray, end: np.ndarray) -> Roi:
@@ -67,10 +63,11 @@ def roi_from_landmarks(landmarks: np.ndarray) -> Roi:
 
 
 class FaceMesh:
-    """468 landmarks (x, y in image pixels, z in the same scale) and a face-presence score for a ROI."""
+    """468 landmarks (x, y in image pixels, z in the same scale) and a face-presence score for a ROI;
+    ``delegate`` as in ``TFLiteModel`` (``model.delegate_in_use`` says)."""
 
-    def __init__(self, num_threads: int = 1):
-        self.model = TFLiteModel(mediapipe_model(FACE_LANDMARKER), num_threads=num_threads)
+    def __init__(self, num_threads: int = 1, delegate: str = "cpu"):
+        self.model = TFLiteModel(mediapipe_model(FACE_LANDMARKER), delegate=delegate, num_threads=num_threads)
         self._input = next(iter(self.model.inputs))
         shapes = {name: int(np.prod(d["shape"])) for name, d in self.model.outputs.items()}
         self._landmarks = next(n for n, size in shapes.items() if size == NUM_LANDMARKS * 3)

@@ -7,20 +7,28 @@ separately: ``detect`` (the face detector) and ``landmarks`` (Face Mesh, the cro
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from edge_app.config import AppConfig
 from edge_app.face_detection import Detection, FaceDetector
 from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.geometry import iou_matrix
 from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
+
+log = logging.getLogger(__name__)
 
 # A 48x48 training face is upscaled for Face Mesh, and given a replicated border: FER-2013 faces fill the
 # frame, and the detector finds more of them with some context around them (95% instead of 90%).
 SMALL_FACE_UPSCALE = 192
 SMALL_FACE_BORDER = 64
+# A detection overlapping a followed face this much (IoU of the detector's box and the landmarks' box) is that face.
+MERGE_IOU = 0.3
 
 
 @dataclass
@@ -28,7 +36,6 @@ class Face:
     """One face in a frame. ``landmarks`` and ``crop`` stay on the device: nothing publishes them."""
 
     box: np.ndarray  # x0, y0, x1, y1 in pixels
-    score: float  # detection score, or landmark presence score when followed
     landmarks: np.ndarray | None  # (468, 3) pixels, None when Face Mesh found none
     crop: np.ndarray  # (48, 48) uint8
     features: np.ndarray  # (LANDMARK_FEATURES,) float32
@@ -76,25 +83,60 @@ def _add_ms(ms: dict[str, float] | None, stage: str, since: float) -> float:
     return now
 
 
+def _covered(box: np.ndarray, faces: Sequence[Face | None]) -> bool:
+    """Whether ``box`` is one of ``faces`` already (IoU at least ``MERGE_IOU`` with one of their boxes)."""
+    boxes = [face.box for face in faces if face is not None]
+    return bool(boxes) and bool(iou_matrix(np.asarray(box)[None], np.stack(boxes)).max() >= MERGE_IOU)
+
+
 class FacePipeline:
-    """Detect or follow faces and prepare the emotion model's inputs for each."""
+    """Detect or follow faces and prepare the emotion model's inputs for each.
+
+    ``delegate`` runs BlazeFace and Face Mesh: ``gpu`` runs both on the GPU delegate (each falls back to the CPU
+    on its own if the delegate refuses it); the Edge TPU runs only compiled int8 models, so with ``edgetpu`` both
+    stay on the CPU (said once, here). ``delegates`` says where each runs.
+    """
 
     def __init__(
         self,
         crop_spec: CropSpec,
         *,
-        min_detection_score: float = 0.5,
-        min_landmark_score: float = 0.5,
-        min_face_px: int = 24,
-        max_faces: int = 10,
+        min_detection_score: float,
+        min_landmark_score: float,
+        min_face_px: int,
+        max_faces: int,
         num_threads: int = 1,
+        delegate: str = "cpu",
     ):
         self.crop_spec = crop_spec
-        self.detector = FaceDetector(min_score=min_detection_score, num_threads=num_threads)
-        self.mesh = FaceMesh(num_threads=num_threads)
+        if delegate == "edgetpu":
+            log.info("the Edge TPU runs only the emotion classifier: the face detector and Face Mesh stay on the CPU")
+            delegate = "cpu"
+        self.detector = FaceDetector(min_score=min_detection_score, num_threads=num_threads, delegate=delegate)
+        self.mesh = FaceMesh(num_threads=num_threads, delegate=delegate)
         self.min_landmark_score = min_landmark_score
         self.min_face_px = min_face_px
         self.max_faces = max_faces
+
+    @classmethod
+    def from_config(cls, config: AppConfig, crop_spec: CropSpec, *, max_faces: int | None = None,
+                    delegate: str | None = None) -> FacePipeline:
+        """The device's pipeline as ``detection`` and ``runtime`` set it; ``max_faces`` and ``delegate`` override
+        the config's."""
+        detection = config.detection
+        return cls(crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
+                   min_face_px=detection.min_face_px, max_faces=max_faces or detection.max_faces,
+                   num_threads=config.runtime.num_threads, delegate=delegate or config.runtime.delegate)
+
+    @classmethod
+    def for_small_faces(cls, crop_spec: CropSpec) -> FacePipeline:
+        """For ``small_face_landmarks``: one 48x48 face at a time, any size, MediaPipe's default score thresholds."""
+        return cls(crop_spec, min_detection_score=0.5, min_landmark_score=0.5, min_face_px=0, max_faces=1)
+
+    @property
+    def delegates(self) -> dict[str, str]:
+        """Where each network runs: ``{"detector": ..., "landmarks": ...}`` (``cpu``, ``gpu``)."""
+        return {"detector": self.detector.model.delegate_in_use, "landmarks": self.mesh.model.delegate_in_use}
 
     def detect(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> list[Face]:
         """Faces found by the detector, largest first, at most ``max_faces``, none under ``min_face_px``.
@@ -103,20 +145,30 @@ class FacePipeline:
         """
         return self.detect_counting_skipped(rgb, ms)[0]
 
-    def detect_counting_skipped(self, rgb: np.ndarray, ms: dict[str, float] | None = None) -> tuple[list[Face], int]:
-        """``detect``'s faces and how many detections it left out (under ``min_face_px``, beyond ``max_faces``)."""
+    def detect_counting_skipped(
+        self, rgb: np.ndarray, ms: dict[str, float] | None = None, followed: Sequence[Face] = ()
+    ) -> tuple[list[Face], int]:
+        """The ``followed`` faces, then the detector's new ones, and how many detections were left out.
+
+        A detection that overlaps a followed face (IoU >= ``MERGE_IOU``) is that face, already measured: it is not
+        measured again, so a face keeps its place (and its track) whether or not the detector sees it in this frame,
+        as in MediaPipe's face landmarker. New faces fill the room ``max_faces`` leaves, largest first; the ones under
+        ``min_face_px`` or beyond that room are counted as left out.
+        """
         start = time.perf_counter()
         found_by_detector = self.detector(rgb)
-        detections = sorted((d for d in found_by_detector if d.width >= self.min_face_px), key=lambda d: -d.width)
-        skipped = len(found_by_detector) - min(len(detections), self.max_faces)
+        sized = [d for d in found_by_detector if d.width >= self.min_face_px]
+        unseen = [d for d in sized if not _covered(d.box, followed)]
+        new = sorted(unseen, key=lambda d: -d.width)[: max(self.max_faces - len(followed), 0)]
+        skipped = len(found_by_detector) - (len(sized) - len(unseen)) - len(new)
         start = _add_ms(ms, "detect", start)
-        faces = (self._face(rgb, roi_from_detection(d), d) for d in detections[: self.max_faces])
-        found = [f for f in faces if f is not None]
+        faces = (self._face(rgb, roi_from_detection(d), d) for d in new)
+        found = [*followed, *(f for f in faces if f is not None)]
         _add_ms(ms, "landmarks", start)
         return found, skipped
 
     def follow(self, rgb: np.ndarray, previous: list[Face], ms: dict[str, float] | None = None) -> list[Face | None]:
-        """Each previous face re-measured from its landmarks; None where it was lost.
+        """Each previous face re-measured from its landmarks; None where it was lost or became another's.
 
         ``ms``, when given, has the milliseconds of ``landmarks`` added to what it holds.
         """
@@ -127,7 +179,9 @@ class FacePipeline:
                 followed.append(None)
                 continue
             found = self._face(rgb, roi_from_landmarks(face.landmarks), None)
-            followed.append(found if found is not None and found.width >= self.min_face_px else None)
+            if found is not None and (found.width < self.min_face_px or _covered(found.box, followed)):
+                found = None  # too small now, or the same face as one followed already (two tracks converged)
+            followed.append(found)
         _add_ms(ms, "landmarks", start)
         return followed
 
@@ -152,12 +206,11 @@ class FacePipeline:
         if presence >= self.min_landmark_score and np.all(np.isfinite(landmarks)):
             right, left = eye_centres(landmarks)
             box = np.concatenate([landmarks[:, :2].min(0), landmarks[:, :2].max(0)])
-            score = detection.score if detection is not None else presence
         else:
             if detection is None:
                 return None
             landmarks = None
             right, left = detection.keypoints[0], detection.keypoints[1]
-            box, score = detection.box, detection.score
+            box = detection.box
         crop = crop_face(rgb, right, left, self.crop_spec)
-        return Face(np.asarray(box, np.float32), float(score), landmarks, crop, landmark_features(landmarks))
+        return Face(np.asarray(box, np.float32), landmarks, crop, landmark_features(landmarks))

@@ -2,17 +2,16 @@
 
 Topics: ``<prefix>/<device>/emotions`` (one message per window), ``<prefix>/<device>/stats`` and
 ``<prefix>/<device>/status`` (retained ``online``/``offline``, ``offline`` also being the last will), plus retained Home
-Assistant discovery configs. While the broker is unreachable, emotion messages wait in a bounded buffer and go out in
-order once it is back; a message counts as delivered only when the broker acknowledged it.
+Assistant discovery configs. While the broker is unreachable, emotion messages wait in a bounded buffer (and in the
+on-disk queue of ``publish_queue``, across restarts) and go out in order once it is back; a message counts as
+delivered only when the broker acknowledged it. When to reconnect is ``reconnect.ReconnectPolicy``'s decision.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
-import sys
 import threading
 import time
 from collections import deque
@@ -28,20 +27,16 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
+from edge_app.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
+from edge_app.publish_queue import WindowQueue, queue_directory
+from edge_app.reconnect import ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
 NOT_AUTHORISED = "MQTT authentication failed: the broker refused mqtt.username/mqtt.password (not authorised)"
 MAX_INFLIGHT = 20  # unacknowledged messages on the wire; the rest wait in the bounded buffer
+LOOP_S = 0.05  # the network thread's longest wait for socket events: how soon it sees a new message to send
 AUTH_REASONS = {"Not authorized", "Bad user name or password"}
-# An OpenSSL error as paho logs it: "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:2580)"
-SSL_ERROR = re.compile(r"\[SSL: (?P<code>\w+)\] (?P<text>.*?)(?: \(_ssl\.c:\d+\))?$")
-# Alerts a broker sends when it does not accept the client's certificate (or its lack of one)
-CLIENT_CERT_ALERT = re.compile(r"ALERT_(\w*CERTIFICATE\w*|UNKNOWN_CA)$")
-
-
-class MqttError(ValueError):
-    """A publisher setting that cannot work (unreadable TLS file, device id unusable in a topic)."""
 
 
 @dataclass
@@ -56,15 +51,6 @@ class Outgoing:
     generation: int = 0
 
 
-def tls_problem(code: str, text: str, where: str, ca: str) -> str:
-    """One line that says which side's certificate failed: the broker's (our CA) or ours (the broker's CA)."""
-    if code == "CERTIFICATE_VERIFY_FAILED":
-        return f"TLS certificate verification failed: the broker {where} is not trusted by {ca} ({text})"
-    if CLIENT_CERT_ALERT.search(code):
-        return f"TLS client certificate refused by the broker {where} ({text}): check mqtt.cert_file and mqtt.key_file"
-    return f"TLS handshake with {where} failed: {text}"
-
-
 def package_version() -> str:
     try:
         return metadata.version("edge-emotion")
@@ -73,12 +59,12 @@ def package_version() -> str:
 
 
 class MqttPublisher:
-    """Owns one paho client (network loop in its own thread) and one sender thread that keeps messages in order.
-
-    Only the sender thread calls ``publish`` on the client, so order on the wire is the order of the buffer; after a
-    reconnect, paho re-sends the unacknowledged messages first and the sender waits for their acknowledgements before
-    sending anything newer. At most ``MAX_INFLIGHT`` messages await an acknowledgement, so a broker that stops
-    answering without closing the connection cannot make memory grow past the bounded buffer.
+    """Owns one paho client and the one thread that uses it: it connects when the reconnect policy says (at once when
+    ``close`` asks for a last flush), runs paho's network loop and publishes, so order on the wire is the order of
+    the buffer. After a reconnect, paho re-sends the unacknowledged messages first and nothing newer is sent before
+    their acknowledgements. At most ``MAX_INFLIGHT`` messages await an acknowledgement, so a broker that stops
+    answering without closing the connection cannot make memory grow past the bounded buffer. Every window is in
+    ``queue`` (on disk when it has a directory) from ``publish_emotions`` until the broker acknowledged it.
     """
 
     def __init__(
@@ -99,8 +85,10 @@ class MqttPublisher:
         tls_insecure: bool = False,
         keepalive: int = 30,
         buffer_size: int = 1000,
+        reconnect_probe_s: float = 1,
         reconnect_min_s: float = 1,
         reconnect_max_s: float = 60,
+        queue: WindowQueue | None = None,
         discovery: bool = True,
         discovery_prefix: str = "homeassistant",
         classes: Sequence[str] = EMOTIONS,
@@ -135,9 +123,16 @@ class MqttPublisher:
         self._buffer_size = buffer_size
         self._control: deque[Outgoing] = deque()
         self._inflight: dict[int, Outgoing] = {}
-        self._acked_early: set[int] = set()
         self._generation = 0
-        self._closing = False
+        self._closing = False  # close() is flushing: connect at once, retry every probe
+        self._stop = False  # the network thread disconnects and ends
+        self._hurry = False  # cut the wait before the next connection attempt short
+        self._policy = ReconnectPolicy(reconnect_probe_s, reconnect_min_s, reconnect_max_s)
+        self._retry_in: float | None = None  # the wait on_disconnect chose for the next attempt
+        self._connected_at = 0.0
+        self._refused = False
+        self.queue = queue or WindowQueue()
+        self._load_queue()
 
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edge-emotion-{device}")
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
@@ -145,48 +140,69 @@ class MqttPublisher:
             secret = password.get_secret_value() if hasattr(password, "get_secret_value") else password
             self.client.username_pw_set(username, secret)
         if tls:
-            self._set_tls(ca_file, cert_file, key_file, tls_insecure)
-        self.client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+            configure_tls(self.client, ca_file, cert_file, key_file, tls_insecure)
         self.client.max_inflight_messages_set(MAX_INFLIGHT)
+        # With an (empty) external-loop hook paho never writes from the calling thread: every socket write happens
+        # in loop(), in the network thread, so publish() is as safe from any thread as with paho's own loop_start.
+        self.client.on_socket_register_write = lambda *_: None
         self.client.on_connect = self._on_connect
-        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_log = self._on_log
-        self.client.connect_async(host, port, keepalive)
-        self.client.loop_start()
-        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
-        self._sender.start()
+        self.client.connect_async(host, port, keepalive)  # only sets the address: the network thread connects
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
 
     @classmethod
-    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None
-                    ) -> MqttPublisher:
-        """Build from the ``mqtt`` config section."""
+    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None,
+                    keep_on_disk: bool = True) -> MqttPublisher:
+        """Build from the ``mqtt`` config section; ``keep_on_disk=False`` (a benchmark) leaves the queue folder,
+        which belongs to the service, alone."""
+        folder, origin = queue_directory(section.queue_dir) if keep_on_disk else (None, "memory")
         return cls(
             device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
             client_id=section.client_id, username=section.username, password=section.password, tls=section.tls,
             ca_file=section.ca_file, cert_file=section.cert_file, key_file=section.key_file,
             tls_insecure=section.tls_insecure, keepalive=section.keepalive, buffer_size=section.buffer_size,
-            reconnect_min_s=section.reconnect_min_s, reconnect_max_s=section.reconnect_max_s,
+            reconnect_probe_s=section.reconnect_probe_s, reconnect_min_s=section.reconnect_min_s,
+            reconnect_max_s=section.reconnect_max_s, queue=WindowQueue(folder, origin),
             discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
             sw_version=sw_version,
         )
 
     @property
+    def next_seq(self) -> int:
+        """The ``seq`` of the next window: it continues from the queue's earlier runs, never reused."""
+        return self.queue.next_seq
+
+    @property
     def buffered(self) -> int:
         """Emotion messages not yet acknowledged by the broker (waiting or in flight)."""
         with self._cond:
-            return len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
+            return self._unsent()
 
     def publish_emotions(self, message: EmotionsMessage) -> None:
-        """Queue one window; when the buffer is full the oldest waiting window is dropped and counted."""
+        """Queue one window (on disk first); when the buffer is full the oldest waiting one is dropped and counted."""
         outgoing = Outgoing(self.emotions_topic, message.model_dump_json().encode(), self.qos, False, message.seq)
+        self.queue.add(message.seq, outgoing.payload)
+        self._append(outgoing)
+
+    def _append(self, outgoing: Outgoing) -> None:
         with self._cond:
-            if len(self._buffer) >= self._buffer_size:
-                self._buffer.popleft()
-                self.dropped += 1
+            dropped = self._buffer.popleft() if len(self._buffer) >= self._buffer_size else None
+            self.dropped += dropped is not None
             self._buffer.append(outgoing)
             self._cond.notify_all()
+        if dropped is not None and dropped.seq is not None:
+            self.queue.remove(dropped.seq)
+
+    def _load_queue(self) -> None:
+        """Windows an earlier run left unacknowledged go first, in ``seq`` order (the oldest dropped past the size)."""
+        for seq, payload in self.queue.take_loaded():
+            self._append(Outgoing(self.emotions_topic, payload, self.qos, False, seq))
+        if self.dropped:
+            log.warning("MQTT queue: %d window(s) from an earlier run dropped (mqtt.buffer_size is %d)",
+                        self.dropped, self._buffer_size)
 
     def publish_stats(self, message: StatsMessage) -> None:
         """Send stats now if connected; stale stats are not worth buffering."""
@@ -196,32 +212,38 @@ class MqttPublisher:
                 self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Publish the retained ``offline`` state, flush what can be flushed within ``timeout``, disconnect.
+        """Deliver the buffered windows within ``timeout`` (connecting at once, and again every probe, while the
+        broker is away), then publish the retained ``offline`` state and disconnect.
 
-        While the broker is unreachable there is nothing to wait for: close returns at once and the broker sets
-        ``offline`` from the last will. Stopping paho's thread is bounded too, since it may be stuck in a TLS
-        handshake with a broker that stopped answering. A second call does nothing.
+        What is still unacknowledged then stays in the queue's directory for the next start. With nothing buffered
+        and no connection there is nothing to wait for: close returns at once and the broker sets ``offline`` from
+        the last will. Bounded also while paho is stuck in a TLS handshake with a broker that stopped answering.
+        A second call does nothing.
         """
         deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
         with self._cond:
             if self._closing:
                 return
-            self._control.append(Outgoing(self.status_topic, b"offline", 1, True))
+            self._closing, self._hurry = True, True
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not (self._buffer or self._control or self._inflight) or self._unreachable(),
-                                timeout=max(deadline - time.monotonic(), 0))
-            unsent = len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
-            unreachable = self._unreachable()
-            self._closing = True
+            self._cond.wait_for(lambda: not self._unsent(), timeout=left())
+            unsent, unreachable = self._unsent(), self._unreachable()
+            if self.connected:
+                self._control.append(Outgoing(self.status_topic, b"offline", 1, True))
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: not (self._control or self._inflight) or not self.connected,
+                                    timeout=max(left(), 0.5))
+            self._stop = True
             self._cond.notify_all()
         if unsent:
             why = "the broker is unreachable" if unreachable else "the broker did not acknowledge them in time"
-            log.warning("MQTT: %d emotion message(s) not delivered before shutdown (%s)", unsent, why)
-        self._sender.join(timeout=max(deadline - time.monotonic(), 0.1))
-        self.client.disconnect()
-        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
-        stopper.start()
-        stopper.join(timeout=max(deadline - time.monotonic(), 0.5))
+            kept = f"kept in {self.queue.directory}" if self.queue.directory else "lost: no mqtt.queue_dir"
+            log.warning("MQTT: %d emotion message(s) not delivered before shutdown (%s); %s", unsent, why, kept)
+        self._thread.join(timeout=max(left(), 0.2))
 
     def discovery_configs(self) -> dict[str, dict]:
         """Home Assistant MQTT discovery: a dominant-emotion sensor and one percentage sensor per class."""
@@ -261,21 +283,8 @@ class MqttPublisher:
             }
         return configs
 
-    def _set_tls(self, ca_file, cert_file, key_file, tls_insecure: bool) -> None:
-        if ca_file == SYSTEM_CA:
-            ca_file = None  # paho then verifies against the operating system's trust store
-        for key, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
-            if path is not None and not Path(path).is_file():
-                raise MqttError(f"{key}: file not found: {path}")
-        try:
-            self.client.tls_set(ca_certs=ca_file and str(ca_file), certfile=cert_file and str(cert_file),
-                                keyfile=key_file and str(key_file))
-        except (ssl.SSLError, OSError) as err:
-            raise MqttError(f"mqtt TLS files could not be loaded: {err}") from err
-        self.client.tls_insecure_set(tls_insecure)
-
     def _unreachable(self) -> bool:
-        """Disconnected, and not merely still making the first attempt: a flush would wait for nothing."""
+        """Disconnected, and not merely still making the first attempt: why windows were not delivered at close."""
         return not self.connected and (self._was_connected or self.last_error is not None)
 
     def _report(self, error: str) -> None:
@@ -294,11 +303,13 @@ class MqttPublisher:
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
             text = NOT_AUTHORISED if str(reason) in AUTH_REASONS else f"MQTT broker refused the connection: {reason}"
+            self._refused = True
             self._report(text)
             return
         log.info("MQTT connected to %s:%d", self.host, self.port)
         with self._cond:
             self.connected = True
+            self._connected_at = time.monotonic()
             self._was_connected = True
             self.last_error = None
             self._generation += 1
@@ -308,14 +319,15 @@ class MqttPublisher:
                     self._control.append(Outgoing(topic, json.dumps(config).encode(), 1, True))
             self._cond.notify_all()
 
-    def _on_connect_fail(self, client, userdata) -> None:
-        error = sys.exc_info()[1]  # paho calls this from inside its ``except OSError`` block
+    def _connect_failed(self, error: OSError) -> float:
+        """Report a connection attempt that failed before MQTT; the wait before the next one."""
         if isinstance(error, ssl.SSLError):
             text = getattr(error, "verify_message", None) or (error.strerror or str(error))
             self._report(tls_problem(error.reason or "", SSL_ERROR.sub(r"\g<text>", text),
                                      f"{self.host}:{self.port}", self._ca))
-        elif error is not None:
-            self._report(f"MQTT broker {self.host}:{self.port} is not reachable: {error}")
+            return self._policy.refused()
+        self._report(f"MQTT broker {self.host}:{self.port} is not reachable: {error}")
+        return self._policy.unreachable()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._cond:
@@ -325,18 +337,26 @@ class MqttPublisher:
             self._inflight = {mid: m for mid, m in self._inflight.items() if m.qos > 0}
             self._buffer.extendleft(reversed([m for m in lost if m.seq is not None]))
             self._cond.notify_all()
-        if was_connected and not self._closing:
+        if was_connected and not self._stop:
             log.warning("MQTT connection to %s:%d lost (%s); buffering", self.host, self.port, reason)
         socket_error = SSL_ERROR.search(self._socket_error or "")
         if not was_connected and socket_error:  # refused after the handshake, before CONNACK (TLS 1.3 client auth)
             self._report(tls_problem(socket_error["code"], socket_error["text"], f"{self.host}:{self.port}", self._ca))
-        self._socket_error = None
+        if was_connected:
+            self._retry_in = self._policy.lost(time.monotonic() - self._connected_at)
+        elif socket_error or self._refused:
+            self._retry_in = self._policy.refused()
+        else:  # closed before the broker answered: a broker going down or not up yet
+            self._retry_in = self._policy.unreachable()
+        self._socket_error, self._refused = None, False
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        """Called in ``loop()``, so always after ``_send_ready`` registered ``mid``: paho writes nothing in publish."""
         with self._cond:
-            if self._inflight.pop(mid, None) is None:
-                self._acked_early.add(mid)
+            outgoing = self._inflight.pop(mid, None)
             self._cond.notify_all()
+        if outgoing is not None and outgoing.seq is not None:
+            self.queue.remove(outgoing.seq)
 
     def _ready(self) -> bool:
         """Something may be sent: connected, under ``MAX_INFLIGHT`` unacknowledged, none left from an old connection."""
@@ -346,14 +366,48 @@ class MqttPublisher:
             return False
         return bool(self._control or self._buffer)
 
-    def _send_loop(self) -> None:
+    def _unsent(self) -> int:
+        """Emotion windows not yet acknowledged (the caller holds ``_cond``)."""
+        return len(self._buffer) + sum(1 for m in self._inflight.values() if m.seq is not None)
+
+    def _run(self) -> None:
+        """The network thread: connect on the policy's schedule, then serve the connection until it ends."""
+        wait = 0.0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closing or self._ready(), timeout=1.0)
-                if self._closing:
+                self._cond.wait_for(lambda: self._stop or self._hurry, timeout=wait)
+                if self._stop:
                     return
+                self._hurry = False
+            try:
+                self.client.reconnect()
+            except OSError as error:  # refused, timed out, no route, TLS: before any MQTT packet
+                wait = self._connect_failed(error)
+            else:
+                self._retry_in = None
+                while self._serve():
+                    pass
+                # on_disconnect chose the wait; a loop error paho reports no disconnect for counts as unreachable
+                wait = self._policy.unreachable() if self._retry_in is None else self._retry_in
+            if self._closing:
+                wait = min(wait, self._policy.probe_s)  # flushing at shutdown: keep trying while there is time
+
+    def _serve(self) -> bool:
+        """Send what is ready and run one round of paho's loop; False once the connection is over."""
+        self._send_ready()
+        if self._stop:
+            self.client.disconnect()
+            for _ in range(20):  # let the DISCONNECT go out; paho closes the socket once it has
+                if self.client.loop(timeout=LOOP_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            return False
+        return self.client.loop(timeout=LOOP_S) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _send_ready(self) -> None:
+        while True:
+            with self._cond:
                 if not self._ready():
-                    continue
+                    return
                 queue = self._control if self._control else self._buffer
                 outgoing = queue.popleft()
                 outgoing.generation = self._generation
@@ -362,7 +416,6 @@ class MqttPublisher:
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and outgoing.qos == 0:
                     if outgoing.seq is not None:
                         self._buffer.appendleft(outgoing)  # paho keeps no QoS 0 message: keep it ourselves
-                elif info.mid not in self._acked_early:
+                else:
                     self._inflight[info.mid] = outgoing
-                self._acked_early.discard(info.mid)
                 self._cond.notify_all()

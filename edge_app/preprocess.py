@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edge_app.face_mesh import NUM_LANDMARKS
+from edge_app.geometry import square_warp_matrix
 
 CROP_SIZE = 48
 # Eye centres from Face Mesh: the mean of each eye's two corners (the person's right eye first).
@@ -33,8 +34,8 @@ class CropSpec:
     below the eye midpoint / IOD. Fitted to FER-2013 framing by ``train/landmark_cache.py``.
     """
 
-    size_iod: float = 2.6
-    centre_below_eyes_iod: float = 0.45
+    size_iod: float
+    centre_below_eyes_iod: float
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -67,11 +68,8 @@ def crop_face(image: np.ndarray, right_eye: np.ndarray, left_eye: np.ndarray, sp
     # Warp to an intermediate size near the source resolution, then area-downsample: no aliasing.
     factor = int(max(1, min(8, side // CROP_SIZE)))
     out = CROP_SIZE * factor
-    k = side / out
-    a = np.array([[c * k, -s * k], [s * k, c * k]])
-    t = centre - a @ np.array([out / 2.0, out / 2.0]) + a @ [0.5, 0.5] - 0.5
     warped = cv2.warpAffine(
-        image, np.hstack([a, t[:, None]]), (out, out),
+        image, square_warp_matrix(centre, side, roll, out), (out, out),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
     )
     if warped.ndim == 3:

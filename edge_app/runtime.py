@@ -79,14 +79,20 @@ def _dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     return (value.astype(np.float32) - zero_point) * scale
 
 
-def _load_delegate_library(load_delegate: Any, library: str) -> Any:
-    """``load_delegate(library)``, after checking that the shared library loads at all.
+def delegate_library(delegate: str) -> str:
+    """The shared library of ``delegate`` (``edgetpu``, ``gpu``) that loads here; OSError saying what was tried.
 
-    A missing library then raises OSError before a Delegate object exists: a half-built
-    one prints an "Exception ignored in Delegate.__del__" traceback when it is collected.
+    Checked with ctypes before ``load_delegate``: a missing library then fails before a Delegate object exists
+    (a half-built one prints an "Exception ignored in Delegate.__del__" traceback when it is collected).
     """
-    ctypes.CDLL(library)
-    return load_delegate(library)
+    errors = []
+    for library in (_EDGETPU_LIBRARY,) if delegate == "edgetpu" else _GPU_LIBRARIES:
+        try:
+            ctypes.CDLL(library)
+            return library
+        except OSError as exc:
+            errors.append(str(exc))
+    raise OSError("; ".join(errors))
 
 
 class TFLiteModel:
@@ -109,7 +115,7 @@ class TFLiteModel:
         delegates = []
         if delegate != "cpu":
             try:
-                delegates = [self._load_delegate(load_delegate, delegate)]
+                delegates = [load_delegate(delegate_library(delegate))]
                 self.delegate_in_use = delegate
             except (OSError, ValueError, RuntimeError) as exc:
                 log.warning("%s delegate could not load (%s); falling back to the CPU for %s",
@@ -132,18 +138,6 @@ class TFLiteModel:
         self.inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
         self.outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
         self.last_ms = 0.0
-
-    @staticmethod
-    def _load_delegate(load_delegate: Any, delegate: str) -> Any:
-        if delegate == "edgetpu":
-            return _load_delegate_library(load_delegate, _EDGETPU_LIBRARY)
-        errors = []
-        for library in _GPU_LIBRARIES:
-            try:
-                return _load_delegate_library(load_delegate, library)
-            except (OSError, ValueError) as exc:
-                errors.append(str(exc))
-        raise OSError("; ".join(errors))
 
     def input_shape(self, name: str) -> tuple[int, ...]:
         return tuple(int(v) for v in self.inputs[name]["shape"])

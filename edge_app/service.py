@@ -1,7 +1,8 @@
 """``edge-emotion run``: frames -> faces -> emotions -> tracks -> one aggregated MQTT message per window.
 
 Nothing but the aggregated numbers leaves the process: frames, crops and landmarks live only in this loop, and
-nothing is written to disk. Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
+nothing is written to disk but the windows waiting for the broker (``publish_queue``, under the state directory).
+Under systemd (``Type=notify``) it reports READY, STATUS, WATCHDOG and STOPPING.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
 from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
 from edge_app.mqtt import MqttError, MqttPublisher
+from edge_app.publish_queue import QueueDirError
 from edge_app.runtime import ModelLoadError
 from edge_app.sources import ReconnectingSource
 from edge_app.tracker import Track, Tracker
@@ -39,15 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_models(config: AppConfig) -> tuple[EmotionClassifier, FacePipeline]:
     """The emotion model (checked against its card) and the face pipeline framed as the card says.
 
+    ``runtime.delegate`` reaches all three networks; where the classifier found that the GPU delegate cannot load
+    (one warning), the face networks run on the CPU without trying it again.
     ``ModelLoadError`` (``ModelError`` for the emotion model) names the file that is missing or wrong.
     """
     classifier = EmotionClassifier.from_config(config)
-    detection = config.detection
-    pipeline = FacePipeline(
-        classifier.crop_spec, min_detection_score=detection.min_score, min_landmark_score=detection.min_landmark_score,
-        min_face_px=detection.min_face_px, max_faces=detection.max_faces, num_threads=config.runtime.num_threads,
-    )
+    delegate = config.runtime.delegate
+    if delegate == "gpu" and classifier.delegate_in_use != "gpu":
+        delegate = "cpu"  # a GPU delegate the classifier could not load fails the face networks too: one warning
+    pipeline = FacePipeline.from_config(config, classifier.crop_spec, delegate=delegate)
     return classifier, pipeline
+
+
+def delegates_in_use(classifier: EmotionClassifier, pipeline: FacePipeline) -> dict[str, str]:
+    """Where each network runs, as stats and bench report it: ``detector``, ``landmarks``, ``classifier``."""
+    return {**pipeline.delegates, "classifier": classifier.delegate_in_use}
 
 
 @dataclass
@@ -66,8 +74,8 @@ class FrameResult:
 
 
 class FrameProcessor:
-    """Detect every ``every_n_frames`` frames or when a face was lost, else follow each face from its landmarks;
-    classify every face; match them to tracks. Used by ``run`` and ``bench`` alike."""
+    """Follow each face from its landmarks; every ``every_n_frames`` frames, or when a face was lost, also detect
+    and add the new faces; classify every face; match them to tracks. Used by ``run`` and ``bench`` alike."""
 
     def __init__(self, pipeline: FacePipeline, classifier: EmotionClassifier, tracker: Tracker,
                  every_n_frames: int) -> None:
@@ -93,12 +101,15 @@ class FrameProcessor:
         return FrameResult(faces, tracks, ms, skipped)
 
     def _faces(self, rgb: np.ndarray, ms: dict[str, float]) -> tuple[list[Face], int]:
-        """This frame's faces and how many detections were left out (0 when the faces were followed)."""
-        if self._previous and self.frame_index % self.every_n_frames:
-            followed = self.pipeline.follow(rgb, self._previous, ms)
-            if all(face is not None for face in followed):
-                return followed, 0  # type: ignore[return-value]
-        return self.pipeline.detect_counting_skipped(rgb, ms)
+        """This frame's faces and how many detections were left out (0 when the faces were only followed).
+
+        Followed faces are kept on detection frames too: the detector only adds the faces it finds that no followed
+        face covers, so a face it misses in one frame (a low score, motion blur) does not vanish from its track.
+        """
+        followed = [f for f in self.pipeline.follow(rgb, self._previous, ms) if f is not None] if self._previous else []
+        if followed and len(followed) == len(self._previous) and self.frame_index % self.every_n_frames:
+            return followed, 0
+        return self.pipeline.detect_counting_skipped(rgb, ms, followed)
 
 
 def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
@@ -124,23 +135,26 @@ def take_frame(read: Callable[[], np.ndarray | None], processor: FrameProcessor,
     return result
 
 
-# After SIGTERM/SIGINT the process is gone within this many seconds (systemd and the issue allow 5).
-STOP_BUDGET_S = 4.5
-
-
 class _Stop:
-    """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits."""
+    """Set by SIGTERM/SIGINT; the loop finishes its frame, publishes the partial window and exits.
+
+    ``budget_s`` (``mqtt.flush_s``) is what the shutdown may take from the signal on, delivering buffered windows;
+    the unit's TimeoutStopSec (15 s) leaves the rest for finishing the frame and closing the camera.
+    """
 
     requested = False
     at = 0.0
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
 
     def __call__(self, signum: int, _frame: object) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         self.requested, self.at = True, time.monotonic()
 
-    def time_left(self, default: float) -> float:
-        """Seconds the shutdown may still take: ``default`` when no signal came, else what the budget leaves."""
-        return max(self.at + STOP_BUDGET_S - time.monotonic(), 0.5) if self.requested else default
+    def time_left(self) -> float:
+        """Seconds the flush may still take: the whole budget when no signal came, else what the budget leaves."""
+        return max(self.at + self.budget_s - time.monotonic(), 0.5) if self.requested else self.budget_s
 
 
 def main(args: argparse.Namespace, config: AppConfig) -> int:
@@ -151,18 +165,19 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         return 2
     source = ReconnectingSource(config.source)  # ConfigError for a source.uri that means nothing: exit 2 in cli
     device = config.device.id
-    started = time.monotonic()
-    aggregator = WindowAggregator.from_config(config.aggregate, classifier.classes, device, now=started)
     try:
         publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes) if config.mqtt.enabled else None
-    except MqttError as exc:
+    except (MqttError, QueueDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    started = time.monotonic()
+    aggregator = WindowAggregator.from_config(config.aggregate, classifier.classes, device, now=started,
+                                              first_seq=publisher.next_seq if publisher else 1)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
                                config.detection.every_n_frames)
     log.info("running: %s, model %s on %s, device id %s", source.name, classifier.model_path.name,
              classifier.delegate_in_use, device)
-    stop = _Stop()
+    stop = _Stop(config.mqtt.flush_s)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     watchdog_every = sdnotify.watchdog_interval()
@@ -181,6 +196,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publisher.publish_stats(aggregator.stats(
                 now, buffered_messages=publisher.buffered, dropped_messages=publisher.dropped,
                 delegate=classifier.delegate_in_use, source_state=state,
+                delegates=delegates_in_use(classifier, pipeline),
             ))
             mqtt_state = "connected" if publisher.connected else f"buffering {publisher.buffered}"
         sdnotify.status(f"window {message.seq}: {message.fps:.1f} fps, {message.faces} face(s), dominant "
@@ -215,5 +231,5 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             publish(time.monotonic())
         source.close()
         if publisher is not None:
-            publisher.close(timeout=stop.time_left(3.0))
+            publisher.close(timeout=stop.time_left())
     return 0

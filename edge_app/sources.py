@@ -1,5 +1,5 @@
 """Frame sources: the bundled demo photo, image files and folders, video files, cameras (OpenCV or picamera2),
-stream URLs and GStreamer pipelines.
+stream URLs and GStreamer pipelines (edge_app.gstreamer, through PyGObject).
 
 ``open_source`` opens one source once; ``ReconnectingSource`` is what the service reads: it paces frames to
 ``source.fps``, rotates and mirrors them, returns RGB uint8, and when the source fails (camera unplugged, stream
@@ -20,6 +20,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from edge_app import image_bytes
 from edge_app.config import ConfigError, SourceConfig
 from edge_app.faces import FrameError, as_rgb8
 
@@ -56,52 +57,6 @@ def demo_image() -> Path:
     return Path(str(resources.files("edge_app").joinpath("data/demo_face.jpg")))
 
 
-# In JPEG entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else is a marker.
-_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-
-
-def _jpeg_complete(data: bytes) -> bool:
-    """False when the JPEG ends before its end-of-image marker; walks the segments, so data after the picture (a
-    camera's trailer, a motion photo's video) and a thumbnail's own end marker do not fool it."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return True  # not a structure we understand: let the decoder judge
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker == 0xDA:  # start of scan: the compressed data runs to the next marker
-            found = _JPEG_NEXT_MARKER.search(data, pos)
-            if found is None:
-                return False
-            pos = found.start()
-    return data[pos:pos + 2] == b"\xff\xd9"
-
-
-def _png_complete(data: bytes) -> bool:
-    """False when the PNG ends before its IEND chunk (walking the chunks: length, type, data, CRC)."""
-    pos = 8
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        if data[pos + 4:pos + 8] == b"IEND":
-            return True
-        pos += 12 + length
-    return False
-
-
-def _complete(data: bytes) -> bool:
-    """False for a JPEG or PNG cut short (OpenCV decodes those with a grey bottom instead of failing)."""
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_complete(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _png_complete(data)
-    return True
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8; ``ImageError`` naming the file when it is missing, empty, a directory,
     not an image, or truncated."""
@@ -116,7 +71,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes)")
-    if not _complete(data):
+    if not image_bytes.complete(data):
         raise ImageError(f"{path}: truncated image (the file ends before the picture does)")
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if frame is None:
@@ -193,7 +148,7 @@ def _quiet_opencv() -> Iterator[None]:
 
 
 class CaptureSource:
-    """An OpenCV capture: camera (index or /dev/video*), stream URL, GStreamer pipeline or video file."""
+    """An OpenCV capture: camera (index or /dev/video*), stream URL or video file."""
 
     bgr = True
 
@@ -202,9 +157,7 @@ class CaptureSource:
         self.name = name
         self.loop = config.loop and kind == "video"
         with _quiet_opencv():
-            if kind == "pipeline":
-                self.capture = cv2.VideoCapture(target, cv2.CAP_GSTREAMER)
-            elif kind == "stream":
+            if kind == "stream":
                 timeout_ms = int(STREAM_TIMEOUT_S * 1000)
                 self.capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [
                     cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
@@ -275,7 +228,7 @@ class Picamera2Source:
 
 
 def resolve(config: SourceConfig) -> tuple[str, int | str]:
-    """The kind of source (demo, picamera2, camera, stream, pipeline, video, images) and what to open.
+    """The kind of source (demo, picamera2, camera, stream, gstreamer, video, images) and what to open.
 
     ``ConfigError`` when ``source.uri`` cannot be understood: that is a setting to fix, not a source to retry.
     """
@@ -289,10 +242,10 @@ def resolve(config: SourceConfig) -> tuple[str, int | str]:
             kind = "picamera2"
         elif uri.isdigit() or uri.startswith("/dev/video"):
             kind = "camera"
-        elif "!" in uri and "appsink" in uri:
-            kind = "stream"
         elif uri.split("://", 1)[0].lower() in STREAM_SCHEMES and "://" in uri:
             kind = "stream"
+        elif "!" in uri:
+            kind = "gstreamer"
         elif path.is_dir():
             kind = "images"
         elif path.is_file():
@@ -315,8 +268,13 @@ def resolve(config: SourceConfig) -> tuple[str, int | str]:
         if not uri.startswith("/dev/"):
             raise ConfigError(f"source.uri: expected a camera index or a /dev/video* path, got {redact(uri)!r}")
         return "camera", uri
+    if kind == "gstreamer" or (kind == "stream" and "!" in uri):
+        from edge_app.gstreamer import check_pipeline  # imports gi: only when a pipeline is the source
+
+        check_pipeline(uri)
+        return "gstreamer", uri
     if kind == "stream":
-        return ("pipeline" if "!" in uri else "stream"), uri
+        return "stream", uri
     return kind, str(path)
 
 
@@ -327,6 +285,10 @@ def open_source(kind: str, target: int | str, config: SourceConfig) -> FrameSour
         return StillSource([Path(str(target))], loop=True, name=name)
     if kind == "picamera2":
         return Picamera2Source(config, name)
+    if kind == "gstreamer":
+        from edge_app.gstreamer import GStreamerSource  # imports gi: only when a pipeline is the source
+
+        return GStreamerSource(str(target), config, name)
     if kind == "images":
         path = Path(str(target))
         if path.is_dir():

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import socket
-import struct
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from edge_app import gradcam
+from edge_app import gradcam, image_bytes
 from edge_app.annotate import COLOURS, OTHER_COLOUR, classify_faces, draw_faces
 from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
@@ -42,10 +41,6 @@ MB = 1024 * 1024
 MAX_PIXELS = 40_000_000
 # Side of the Grad-CAM picture of the 48x48 face.
 HEATMAP_PX = 192
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers (they carry the picture's size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
-JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # The page may load and contact nothing but this server.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -59,25 +54,6 @@ class UploadError(ValueError):
         self.status = status
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment; None when the segments end before one."""
-    i = 2
-    while i + 9 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-        elif marker in JPEG_SOF:
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-        else:
-            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
-    return None
-
-
 def decode_upload(data: bytes) -> tuple[np.ndarray, str]:
     """The photo in ``data`` as RGB uint8 and its format (``jpeg`` or ``png``), judged by content, not by name.
 
@@ -85,13 +61,11 @@ def decode_upload(data: bytes) -> tuple[np.ndarray, str]:
     """
     if not data:
         raise UploadError("The upload is empty: choose a JPEG or PNG photo.", HTTPStatus.BAD_REQUEST)
-    if data.startswith(JPEG_MAGIC):
-        kind, size = "jpeg", _jpeg_size(data)
-    elif data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR":
-        kind, size = "png", struct.unpack(">II", data[16:24]) if len(data) >= 24 else None
-    else:
+    kind = image_bytes.image_kind(data)
+    if kind is None:
         raise UploadError("This file is not a JPEG or PNG image (its content was checked, not its name).",
                           HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+    size = image_bytes.picture_size(data)
     if size is None:
         raise UploadError(f"This {kind.upper()} file is damaged or cut short: it cannot be read.")
     if size[0] * size[1] > MAX_PIXELS:

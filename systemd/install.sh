@@ -75,9 +75,10 @@ fi
 [ -f "$REPO/pyproject.toml" ] || die "$REPO does not look like the edge-emotion repository"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "$PYTHON is older than Python 3.9"
 
-# picamera2 comes from apt on Raspberry Pi OS (python3-picamera2): let the venv see the system packages then.
+# picamera2 comes from apt on Raspberry Pi OS (python3-picamera2), PyGObject for GStreamer pipelines from apt
+# (python3-gi) on Debian and JetPack: let the venv see the system packages then.
 venv_options=()
-if "$PYTHON" -c 'import picamera2' >/dev/null 2>&1; then
+if "$PYTHON" -c 'import picamera2' >/dev/null 2>&1 || "$PYTHON" -c 'import gi' >/dev/null 2>&1; then
     venv_options+=(--system-site-packages)
 fi
 if [ ! -x "$VENV/bin/python" ]; then

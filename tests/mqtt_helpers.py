@@ -19,7 +19,7 @@ from edge_app.aggregate import EmotionsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
 from edge_app.mqtt import MqttPublisher
 
-FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
+FAST = {"reconnect_probe_s": 0.1, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
 
 
 class Subscriber:

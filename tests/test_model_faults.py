@@ -25,10 +25,10 @@ CARD = "fer_fusion.card.json"
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    """A private copy of the shipped int8 model, its Edge TPU-ready build and their card, free to damage."""
+    """A private copy of the shipped int8 model, its Edge TPU-ready and float16 builds and their card, to damage."""
     folder = tmp_path / "models"
     folder.mkdir()
-    for name in (INT8, "fer_fusion_int8_edgetpu_ready.tflite", CARD):
+    for name in (INT8, "fer_fusion_int8_edgetpu_ready.tflite", "fer_fusion_float16.tflite", CARD):
         shutil.copyfile(MODELS / name, folder / name)
     return folder
 
@@ -120,7 +120,8 @@ def test_model_fault_is_one_line_and_nothing_is_published(mosquitto, models: Pat
 
 @pytest.mark.parametrize("delegate", ["edgetpu", "gpu"])
 def test_a_delegate_that_cannot_load_falls_back_to_the_cpu(mosquitto, models: Path, delegate: str) -> None:
-    """gpu: no GPU delegate library here. edgetpu: an Edge TPU build registered in the card, but no libedgetpu."""
+    """gpu: no GPU delegate library here (asked for on all three networks: still one warning). edgetpu: an Edge TPU
+    build registered in the card, but no libedgetpu (the face networks stay on the CPU, said once)."""
     if delegate == "edgetpu":
         compiled = models / "fer_fusion_int8_edgetpu.tflite"
         shutil.copyfile(models / "fer_fusion_int8_edgetpu_ready.tflite", compiled)
@@ -139,8 +140,12 @@ def test_a_delegate_that_cannot_load_falls_back_to_the_cpu(mosquitto, models: Pa
     if delegate == "edgetpu":
         assert "libedgetpu" in warnings[0]
         assert f"running {INT8} on the CPU instead of fer_fusion_int8_edgetpu.tflite" in result.stderr
+        assert result.stderr.count("the face detector and Face Mesh stay on the CPU") == 1
+    else:
+        assert f"running {INT8} on the CPU instead of fer_fusion_float16.tflite" in result.stderr
     assert f"model {INT8} on cpu" in result.stderr  # the start-up line names the file and delegate in use
     stats = [json.loads(p) for p in subscriber.on("emotion/testcam/stats")]
     assert len(stats) == 2 and all(s["delegate"] == "cpu" for s in stats)
+    assert all(s["delegates"] == {"detector": "cpu", "landmarks": "cpu", "classifier": "cpu"} for s in stats)
     windows = [json.loads(p) for p in subscriber.on("emotion/testcam/emotions")]
     assert [w["seq"] for w in windows] == [1, 2] and windows[0]["dominant"] == "happy"

@@ -1,5 +1,6 @@
 """Privacy of `edge-emotion run` over a real video, checked on everything it emits: every MQTT message on '#' of a
-real mosquitto, every line it logs at DEBUG, and the files around it. No image data or landmarks may leave it."""
+real mosquitto, every line it logs at DEBUG, and the files around it. No image data or landmarks may leave it; the
+only files it may write are the MQTT queue's, in its state directory, holding window messages and the last seq."""
 
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def test_nothing_but_aggregates_leaves_a_run_over_a_real_video(mosquitto, tmp_pa
     before = {name: listing(place) for name, place in places.items()} | {"input": listing(video.parent)}
     broker = mosquitto()
     subscriber = Subscriber(broker, ["#"])
-    env = {**os.environ, "HOME": str(places["home"]), "TMPDIR": str(places["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
+    state = tmp_path / "state"  # systemd's StateDirectory=: the one writable place the unit gives
+    env = {**os.environ, "HOME": str(places["home"]), "TMPDIR": str(places["tmp"]), "PYTHONDONTWRITEBYTECODE": "1",
+           "STATE_DIRECTORY": str(state)}
     try:
         result = subprocess.run(
             [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
@@ -89,6 +92,12 @@ def test_nothing_but_aggregates_leaves_a_run_over_a_real_video(mosquitto, tmp_pa
     assert result.returncode == 0, result.stderr
     after = {name: listing(place) for name, place in places.items()} | {"input": listing(video.parent)}
     assert after == before  # no frame, crop, log or cache written anywhere
+    assert (state / "last_seq").is_file()
+    for path in state.iterdir():  # every window was acknowledged: the queue holds the last seq, at most windows
+        if path.name == "last_seq":
+            assert path.read_text().strip().isdigit()
+        else:
+            EmotionsMessage.model_validate_json(path.read_bytes())
 
     messages = subscriber.messages
     topics = {topic for topic, _, _ in messages}

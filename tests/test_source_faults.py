@@ -19,7 +19,9 @@ import numpy as np
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import Subscriber, wait_until
 
-WATCHDOG_S = 0.2  # WATCHDOG_USEC=400000: the service pings every half of it
+# WATCHDOG_USEC=2 s: the service pings every half of it, 1 s. The limit a gap must stay under is the watchdog's
+# timeout itself (systemd restarts past it), which leaves a reopen attempt 1 s: 4x what one takes here under load.
+WATCHDOG_S = 1.0
 
 
 def _listen(sock: socket.socket, messages: list[tuple[float, str]], done: threading.Event) -> None:
@@ -95,5 +97,5 @@ def test_video_corrupted_mid_run_is_reopened_with_backoff_and_the_watchdog_stays
     assert delays and delays[0] == 0.2
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
     outage = [t for t in pings if corrupted_at <= t <= restored_at]
-    assert len(outage) >= 10 and max(np.diff(outage)) < 2 * WATCHDOG_S + 0.3  # fed on schedule while reopening
+    assert len(outage) >= 2 and max(np.diff(outage)) < 2 * WATCHDOG_S  # fed on schedule while reopening
     assert any("source reopening" in m for _, m in messages if m.startswith("STATUS="))

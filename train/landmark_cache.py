@@ -43,7 +43,8 @@ def _landmarks_of(image: np.ndarray) -> np.ndarray:
     """One worker's call: the pipeline (its TFLite interpreters) is made once per process."""
     global _pipeline
     if _pipeline is None:
-        _pipeline = FacePipeline(CropSpec(), min_face_px=0, max_faces=1)
+        # Only landmarks are cached: the crop framing is what fit_crop_spec() measures from them afterwards.
+        _pipeline = FacePipeline.for_small_faces(CropSpec(size_iod=2.6, centre_below_eyes_iod=0.45))
     return _pipeline.small_face_landmarks(image)
 
 
