@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-pipeline", action="store_true",
                         help="run detection, landmarks and cropping on ordinary photos")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N faces or photos")
+    parser.add_argument("--predictions", type=Path, default=None,
+                        help="also write each face's label and predicted class index (-1: no face) to this JSON "
+                             "file, e.g. to compare two devices face by face")
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
@@ -204,6 +207,9 @@ def main(args: argparse.Namespace, config: Any) -> int:
     }
     passed = delta is None or 100 * delta >= -args.tolerance
     result["passed"] = passed
+    if args.predictions is not None:
+        per_face = {"classes": list(classifier.classes), "labels": labels.tolist(), "predictions": predictions.tolist()}
+        args.predictions.write_text(json.dumps(per_face))
     print(json.dumps(result))
     if not passed:
         log.error("accuracy %.2f%% is %.2f points below the model card's %.2f%% (tolerance %.2f points)",

@@ -39,6 +39,8 @@ from pydantic_core import PydanticCustomError
 from edge_app.emotions import resolve_classes
 
 ENV_PREFIX = "EDGE_EMOTION__"
+# Set by the systemd template unit to its instance name (one config file and camera per instance).
+INSTANCE_ENV = "EDGE_EMOTION_INSTANCE"
 DEFAULT_CONFIG_FILE = "config.yaml"
 # Also the value of mqtt.ca_file that means "verify the broker with the operating system's trust store".
 SYSTEM_CA = "system"
@@ -53,8 +55,12 @@ class ConfigError(ValueError):
 
 
 def default_device_id() -> str:
-    """The host name, reduced to characters that are safe in MQTT topics and Home Assistant ids."""
+    """The host name, reduced to characters that are safe in MQTT topics and Home Assistant ids; under the unit
+    edge-emotion@<instance>.service (which sets $EDGE_EMOTION_INSTANCE) ``<host>-<instance>``, so that several
+    cameras on one host publish under distinct ids."""
     name = socket.gethostname().split(".")[0]
+    instance = os.environ.get(INSTANCE_ENV, "")
+    name = f"{name}-{instance}" if instance else name
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "edge-emotion"
 
 
