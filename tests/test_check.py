@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from edge_app import check
+from edge_app.commands import check
 from edge_app.config import load_config
 
 

@@ -9,10 +9,10 @@ import pytest
 from skimage import data
 from train_helpers import run_script, small_fer
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.config import load_config
-from edge_app.faces import FacePipeline
 from edge_app.model_card import ModelError, load_card
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline
 
 SUBSET = ("happy", "sad", "surprise", "neutral")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.model_card import ModelError, default_model_path, load_card
-from edge_app.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import skimage.data
 
-from edge_app.classifier import EmotionClassifier
+from edge_app.commands.run import delegates_in_use, load_models
 from edge_app.config import load_config
-from edge_app.faces import FacePipeline
 from edge_app.model_card import ModelError, default_model_path
-from edge_app.runtime import delegate_library
-from edge_app.service import delegates_in_use, load_models
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline
+from edge_app.pipeline.runtime import delegate_library
 
 MODELS = default_model_path().parent
 INT8, FLOAT16, CARD = "fer_fusion_int8.tflite", "fer_fusion_float16.tflite", "fer_fusion.card.json"

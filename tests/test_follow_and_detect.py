@@ -11,10 +11,10 @@ import numpy as np
 from media_helpers import write_video
 from skimage import data
 
+from edge_app.commands.run import FrameProcessor, load_models
 from edge_app.config import load_config
-from edge_app.service import FrameProcessor, load_models
-from edge_app.sources import ReconnectingSource
-from edge_app.tracker import Tracker
+from edge_app.pipeline.capture import ReconnectingSource
+from edge_app.pipeline.track import Tracker
 
 # The 256x256 around the astronaut's face: two side by side are one 512x256 frame, the face as large as in the photo.
 ASTRONAUT_BGR = np.ascontiguousarray(data.astronaut()[:256, 97:353, ::-1])

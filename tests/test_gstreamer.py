@@ -17,11 +17,11 @@ import pytest
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app import gstreamer
+from edge_app.commands.run import load_models
 from edge_app.config import ConfigError, SourceConfig, load_config
-from edge_app.faces import FrameError
-from edge_app.service import load_models
-from edge_app.sources import ReconnectingSource, SourceError, open_source, resolve
+from edge_app.pipeline import gstreamer
+from edge_app.pipeline.capture import ReconnectingSource, SourceError, open_source, resolve
+from edge_app.pipeline.faces import FrameError
 
 try:
     Gst = gstreamer.gst()
@@ -211,7 +211,7 @@ def test_a_pipeline_that_fails_mid_run_is_reopened_and_flows_again(uri: str, why
     )
     states, frames_after_reopen = [], 0
     deadline = time.monotonic() + 60
-    with caplog.at_level(logging.WARNING, "edge_app.sources"):
+    with caplog.at_level(logging.WARNING, "edge_app.pipeline.capture"):
         while frames_after_reopen < 3 and time.monotonic() < deadline:
             try:
                 frame = source.read()

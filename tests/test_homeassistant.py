@@ -12,7 +12,7 @@ from mqtt_helpers import publisher, subscriber, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_app.emotions import EMOTIONS
-from edge_app.sensing import SensingSwitch
+from edge_app.publish.sensing import SensingSwitch
 
 SWITCH = "homeassistant/switch/testcam/sensing/config"
 SENSORS = [f"homeassistant/sensor/testcam/{name}/config" for name in ("dominant_emotion", "faces", *EMOTIONS)]

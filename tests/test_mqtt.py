@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mqtt_helpers import publisher, subscriber, wait_until
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_last_will_marks_offline_when_the_process_is_killed(mosquitto, clients):
     sub = subscriber(clients, broker, ["emotion/killed/status"])
     script = (
         "import time\n"
-        "from edge_app.mqtt import MqttPublisher\n"
+        "from edge_app.publish.mqtt import MqttPublisher\n"
         f"p = MqttPublisher(device='killed', host='{broker.host}', port={broker.port}, discovery=False, keepalive=5)\n"
         "deadline = time.monotonic() + 10\n"
         "while not p.connected and time.monotonic() < deadline:\n"

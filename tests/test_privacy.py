@@ -17,8 +17,8 @@ import skimage.data
 from media_helpers import write_video
 from mqtt_helpers import Subscriber
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.emotions import EMOTIONS
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
 
 FRAMES = 40
 # Home Assistant discovery config keys the publisher may use.

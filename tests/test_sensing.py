@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sensing_helpers import Service, face_video, stats
 
 from edge_app.config import load_config
-from edge_app.sensing import SensingSwitch, default_state_file
+from edge_app.publish.sensing import SensingSwitch, default_state_file
 
 SET = "emotion/testcam/sensing/set"
 STATE = "emotion/testcam/sensing"
@@ -82,7 +82,7 @@ def test_only_exact_commands_on_the_command_topic_are_obeyed_and_the_first_bad_o
     sub = subscriber(clients, broker, [STATE])
     pub = publisher(clients, broker, switch=switch, discovery=False)
     assert wait_until(lambda: pub.connected and sub.on(STATE) == [b"ON"])
-    with caplog.at_level(logging.WARNING, logger="edge_app.sensing"):
+    with caplog.at_level(logging.WARNING, logger="edge_app.publish.sensing"):
         for payload in (b"off", b"0", b"OFF ", b"", b'{"state": "OFF"}', b"\xff" * 1000):
             command(broker, SET, payload)
         command(broker, STATE, b"OFF")  # the state topic is not a command topic
@@ -102,7 +102,7 @@ def test_only_exact_commands_on_the_command_topic_are_obeyed_and_the_first_bad_o
     command(broker, SET, b"ON", retain=True)
     assert wait_until(lambda: switch.on)
     later = SensingSwitch(default=False, state_file=tmp_path / "later")
-    with caplog.at_level(logging.WARNING, logger="edge_app.sensing"):
+    with caplog.at_level(logging.WARNING, logger="edge_app.publish.sensing"):
         publisher(clients, broker, switch=later, discovery=False, client_id="later")
         assert wait_until(lambda: "sensing command ignored: a retained command" in caplog.text)
     assert not later.on

@@ -16,10 +16,10 @@ import skimage.data
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app import sdnotify
+from edge_app.commands.run import FrameProcessor, load_models
 from edge_app.config import load_config
-from edge_app.service import FrameProcessor, load_models
-from edge_app.tracker import Tracker
+from edge_app.pipeline.track import Tracker
+from edge_app.publish import sdnotify
 
 
 def _run(port: int, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Face Mesh landmarks for every training image, computed once with the device's own pipeline.
 
-``python train/landmark_cache.py [--data PATH]`` runs ``edge_app.faces.FacePipeline`` (the
+``python train/landmark_cache.py [--data PATH]`` runs ``edge_app.pipeline.faces.FacePipeline`` (the
 code the device runs) over each 48x48 image, upscaled to 192x192 with a replicated
 border, and stores the landmarks (in 48x48 pixel coordinates) under ``cache/``, keyed by
 the data fingerprint and the face models' hashes: a second run reuses the file. It
@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from edge_app.dataset import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 from edge_app.emotions import fer_label_map  # noqa: E402
-from edge_app.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
-from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
 from edge_app.model_card import ModelCard  # noqa: E402
-from edge_app.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
+from edge_app.pipeline.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
+from edge_app.pipeline.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
 
 log = logging.getLogger(__name__)
 

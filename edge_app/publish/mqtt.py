@@ -2,9 +2,9 @@
 
 Topics: ``<prefix>/<device>/emotions`` (one message per window), ``<prefix>/<device>/stats`` and
 ``<prefix>/<device>/status`` (retained ``online``/``offline``, ``offline`` also being the last will), plus retained Home
-Assistant discovery configs (edge_app/homeassistant.py) and the privacy switch: ``<prefix>/<device>/sensing/set`` takes
+Assistant discovery configs (``homeassistant``) and the privacy switch: ``<prefix>/<device>/sensing/set`` takes
 ``ON``/``OFF``, ``<prefix>/<device>/sensing`` holds the retained state. While the broker is unreachable, emotion
-messages wait in a bounded buffer (and in the on-disk queue of ``publish_queue``, across restarts) and go out in order
+messages wait in a bounded buffer (and in the on-disk queue of ``queue``, across restarts) and go out in order
 once it is back; a message counts as delivered only when the broker acknowledged it. When to reconnect is
 ``reconnect.ReconnectPolicy``'s decision.
 """
@@ -25,14 +25,14 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
-from edge_app.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
-from edge_app.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
-from edge_app.publish_queue import WindowQueue, queue_directory
-from edge_app.reconnect import ReconnectPolicy
-from edge_app.sensing import SensingSwitch
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
+from edge_app.publish.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
+from edge_app.publish.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
+from edge_app.publish.queue import WindowQueue, queue_directory
+from edge_app.publish.reconnect import ReconnectPolicy
+from edge_app.publish.sensing import SensingSwitch
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.dataset import DataError, load_dataset
 from edge_app.emotions import fer_label_map
-from edge_app.faces import FacePipeline, FrameError
 from edge_app.model_card import ModelError
-from edge_app.preprocess import landmark_features
-from edge_app.sources import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.capture import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline, FrameError
+from edge_app.pipeline.preprocess import landmark_features
 
 log = logging.getLogger(__name__)
 

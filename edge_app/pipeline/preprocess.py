@@ -15,8 +15,8 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from edge_app.face_mesh import NUM_LANDMARKS
-from edge_app.geometry import square_warp_matrix
+from edge_app.pipeline.geometry import square_warp_matrix
+from edge_app.pipeline.landmarks import NUM_LANDMARKS
 
 CROP_SIZE = 48
 # Eye centres from Face Mesh: the mean of each eye's two corners (the person's right eye first).

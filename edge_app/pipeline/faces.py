@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from edge_app.config import AppConfig
-from edge_app.face_detection import Detection, FaceDetector
-from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
-from edge_app.geometry import iou_matrix
-from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
+from edge_app.pipeline.detect import Detection, FaceDetector
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.landmarks import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.pipeline.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
 
 log = logging.getLogger(__name__)
 

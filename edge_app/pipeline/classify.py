@@ -20,8 +20,8 @@ from edge_app.model_card import (
     load_card,
     verify,
 )
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_inputs
-from edge_app.runtime import ModelLoadError, TFLiteModel
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_inputs
+from edge_app.pipeline.runtime import ModelLoadError, TFLiteModel
 
 log = logging.getLogger(__name__)
 

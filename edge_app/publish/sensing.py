@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from edge_app.publish_queue import write_atomically
+from edge_app.publish.queue import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_app import sdnotify
-from edge_app.aggregate import WindowAggregator
-from edge_app.classifier import EmotionClassifier
 from edge_app.config import AppConfig
-from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
-from edge_app.mqtt import MqttError, MqttPublisher
-from edge_app.publish_queue import QueueDirError
-from edge_app.runtime import ModelLoadError
-from edge_app.sensing import SensingSwitch
-from edge_app.sources import ReconnectingSource
-from edge_app.tracker import Track, Tracker
+from edge_app.pipeline.capture import ReconnectingSource
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import Face, FacePipeline, FrameError, as_rgb8
+from edge_app.pipeline.runtime import ModelLoadError
+from edge_app.pipeline.track import Track, Tracker
+from edge_app.publish import sdnotify
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.mqtt import MqttError, MqttPublisher
+from edge_app.publish.queue import QueueDirError
+from edge_app.publish.sensing import SensingSwitch
 
 log = logging.getLogger(__name__)
 

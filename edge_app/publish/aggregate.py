@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from edge_app.tracker import Track
+from edge_app.pipeline.track import Track
 
 Label = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^/+#\s]+$")]

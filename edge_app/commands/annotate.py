@@ -19,12 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.classifier import EmotionClassifier
+from edge_app.commands.run import load_models
 from edge_app.config import AppConfig
-from edge_app.faces import Face, FacePipeline, FrameError, as_rgb8
-from edge_app.runtime import ModelLoadError
-from edge_app.service import load_models
-from edge_app.sources import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.capture import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import Face, FacePipeline, FrameError, as_rgb8
+from edge_app.pipeline.runtime import ModelLoadError
 
 log = logging.getLogger(__name__)
 

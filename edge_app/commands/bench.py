@@ -27,14 +27,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.aggregate import WindowAggregator
+from edge_app.commands.run import FrameProcessor, delegates_in_use, load_models
 from edge_app.config import AppConfig
-from edge_app.faces import FrameError, as_rgb8
-from edge_app.mqtt import MqttError, MqttPublisher
-from edge_app.runtime import ModelLoadError
-from edge_app.service import FrameProcessor, delegates_in_use, load_models
-from edge_app.sources import demo_image, read_image
-from edge_app.tracker import Tracker
+from edge_app.pipeline.capture import demo_image, read_image
+from edge_app.pipeline.faces import FrameError, as_rgb8
+from edge_app.pipeline.runtime import ModelLoadError
+from edge_app.pipeline.track import Tracker
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.mqtt import MqttError, MqttPublisher
 
 FRAME_SIZE = (640, 480)
 TILE_PX = 240  # a tiled face is ~95 px wide, as a person 1-2 m from a wide-angle camera
