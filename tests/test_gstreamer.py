@@ -102,8 +102,9 @@ def test_the_service_publishes_the_emotions_of_a_video_read_through_gstreamer(vi
         text=True,
         timeout=120,
     )
-    time.sleep(0.5)
     assert run.returncode == 0, run.stderr
+    # Delivered to the broker before the service exited; wait for the broker to pass the last stats on.
+    assert sub.wait_for(lambda: any(json.loads(p)["frames"] == VIDEO_FRAMES for p in sub.on("emotion/testcam/stats")))
     published = {}
     for topic, payload, _ in sub.messages:
         if payload.startswith(b"{"):
