@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge_app.mediapipe_assets import sha256_file
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec
+from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec, face_input
 from edge_app.runtime import ModelLoadError
 
 FACE_INPUT = "face"
@@ -36,7 +36,7 @@ def float_model_inputs(faces: np.ndarray, features: np.ndarray) -> dict[str, np.
     """The float (Keras) model's feed, keyed by input name: uint8 faces (N, 48, 48) scaled to [0, 1] and
     landmark features (N, F). Training, evaluation, conversion and Grad-CAM all feed it through this one function.
     """
-    return {FACE_INPUT: faces[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features.astype(np.float32)}
+    return {FACE_INPUT: face_input(faces), LANDMARK_INPUT: features.astype(np.float32)}
 
 
 class ModelError(ModelLoadError):
