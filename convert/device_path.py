@@ -2,7 +2,7 @@
 
 The crop path (quantize.py's int8 figure) feeds the model FER-2013's own 48x48 faces. The device never sees those:
 it finds a face in a frame, measures its landmarks and cuts its own crop with the card's ``crop_spec``. Here each
-test face is upscaled into a frame as the landmark cache does (``edge_app.faces.small_face_frame``), and
+test face is upscaled into a frame as the landmark cache does (``edge_app.pipeline.faces.small_face_frame``), and
 ``FacePipeline.detect`` (with the config's ``detection:`` settings) and ``EmotionClassifier`` do the rest, as on the
 device. A face the detector does not find has no prediction: ``face_found_rate`` reports it, ``accuracy`` and
 ``macro_f1`` are over the found faces, and the gate compares that accuracy with the crop path's on the same faces
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge_app.check import NO_PREDICTION, macro_f1
-from edge_app.classifier import EmotionClassifier
+from edge_app.commands.check import NO_PREDICTION, macro_f1
 from edge_app.config import DetectionConfig
-from edge_app.faces import FacePipeline, small_face_frame
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline, small_face_frame
 
 
 def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from edge_app.dataset import TRAIN, VALIDATION, DataError  # noqa: E402
 from edge_app.model_card import ModelCard, float_model_inputs  # noqa: E402
-from train.data import TRAIN, VALIDATION, DataError  # noqa: E402
 from train.evaluate import load_model_and_card, metrics  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 

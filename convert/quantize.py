@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from convert.device_path import device_path_report, device_predictions, sample_rows  # noqa: E402
-from edge_app.classifier import EmotionClassifier  # noqa: E402
 from edge_app.config import AppConfig, ConfigError, load_config  # noqa: E402
+from edge_app.dataset import TEST, TRAIN, DataError  # noqa: E402
 from edge_app.model_card import ModelCard, ModelError, describe_file, float_model_inputs, load_card  # noqa: E402
-from train.data import TEST, TRAIN, DataError  # noqa: E402
+from edge_app.pipeline.classify import EmotionClassifier  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
 log = logging.getLogger("quantize")

@@ -39,6 +39,8 @@ from pydantic_core import PydanticCustomError
 from edge_app.emotions import resolve_classes
 
 ENV_PREFIX = "EDGE_EMOTION__"
+# Set by the systemd template unit to its instance name (one config file and camera per instance).
+INSTANCE_ENV = "EDGE_EMOTION_INSTANCE"
 DEFAULT_CONFIG_FILE = "config.yaml"
 # Also the value of mqtt.ca_file that means "verify the broker with the operating system's trust store".
 SYSTEM_CA = "system"
@@ -53,8 +55,12 @@ class ConfigError(ValueError):
 
 
 def default_device_id() -> str:
-    """The host name, reduced to characters that are safe in MQTT topics and Home Assistant ids."""
+    """The host name, reduced to characters that are safe in MQTT topics and Home Assistant ids; under the unit
+    edge-emotion@<instance>.service (which sets $EDGE_EMOTION_INSTANCE) ``<host>-<instance>``, so that several
+    cameras on one host publish under distinct ids."""
     name = socket.gethostname().split(".")[0]
+    instance = os.environ.get(INSTANCE_ENV, "")
+    name = f"{name}-{instance}" if instance else name
     return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "edge-emotion"
 
 
@@ -117,7 +123,7 @@ class DeviceConfig(Section):
 
 class SourceConfig(Section):
     uri: str = "demo"
-    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "video", "images", "demo"],
+    kind: Annotated[Literal["auto", "picamera2", "camera", "stream", "gstreamer", "video", "images", "demo"],
                     BeforeValidator(_lower)] = "auto"
     width: int = Field(640, ge=16, le=8192, strict=True)
     height: int = Field(480, ge=16, le=8192, strict=True)
@@ -181,6 +187,9 @@ class MqttConfig(Section):
     tls_insecure: bool = Field(False, strict=True)
     keepalive: int = Field(30, ge=5, le=65535, strict=True)
     buffer_size: int = Field(1000, ge=1, strict=True)
+    queue_dir: Optional[str] = None  # None: $STATE_DIRECTORY under systemd, else memory only
+    flush_s: float = Field(5.0, ge=0, strict=True)
+    reconnect_probe_s: float = Field(1.0, gt=0, strict=True)
     reconnect_min_s: float = Field(1.0, gt=0, strict=True)
     reconnect_max_s: float = Field(60.0, gt=0, strict=True)
     discovery: bool = Field(True, strict=True)
@@ -202,6 +211,12 @@ class MqttConfig(Section):
         if self.reconnect_min_s > self.reconnect_max_s:
             raise _rule("reconnect_min_s", f"must not exceed mqtt.reconnect_max_s ({self.reconnect_max_s})")
         return self
+
+
+class SensingConfig(Section):
+    switch: bool = Field(True, strict=True)
+    default: bool = Field(True, strict=True)
+    state_file: Optional[str] = None  # ignored under systemd ($STATE_DIRECTORY); None: ~/.local/state/edge-emotion
 
 
 class LoggingConfig(Section):
@@ -259,6 +274,7 @@ class AppConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     aggregate: AggregateConfig = AggregateConfig()
     mqtt: MqttConfig = MqttConfig()
+    sensing: SensingConfig = SensingConfig()
     logging: LoggingConfig = LoggingConfig()
     train: TrainConfig = TrainConfig()
     convert: ConvertConfig = ConvertConfig()

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge_app.mediapipe_assets import sha256_file
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec, face_input
-from edge_app.runtime import ModelLoadError
+from edge_app.pipeline.mediapipe_assets import sha256_file
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec, face_input
+from edge_app.pipeline.runtime import ModelLoadError
 
 FACE_INPUT = "face"
 LANDMARK_INPUT = "landmarks"

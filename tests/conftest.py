@@ -11,15 +11,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from mqtt_helpers import close_all
 from train_helpers import run_script, small_fer
 
 # In CI the property tests replay the same examples every run (a failure is reproducible, not a dice roll);
 # on a developer's machine they explore new ones each run. CI=true is what CI services (and .ci/run) set.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-    settings.load_profile("ci")
+# Neither kind of run depends on the machine's speed: no per-example deadline, no "too slow" health check.
+UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("ci", derandomize=True, print_blob=True, **UNTIMED)
+settings.register_profile("dev", **UNTIMED)
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
@@ -104,7 +106,7 @@ class Broker:
         self.config_path.write_text("\n".join(lines) + "\n" + conf + "\n")
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         """Start the broker and wait until its port accepts connections."""
         if self.process is not None and self.process.poll() is None:
             return

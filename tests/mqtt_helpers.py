@@ -15,11 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_app.aggregate import EmotionsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import MqttPublisher
+from edge_app.publish.aggregate import EmotionsMessage, WindowAggregator
+from edge_app.publish.mqtt import MqttPublisher
 
-FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
+FAST = {"reconnect_probe_s": 0.1, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
 
 
 class Subscriber:
@@ -53,7 +53,7 @@ class Subscriber:
         else:
             self.client.connect(broker.host, broker.port, keepalive=5)
         self.client.loop_start()
-        assert self._subscribed.wait(5), "test subscriber could not subscribe"
+        assert self._subscribed.wait(30), "test subscriber could not subscribe"
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
@@ -63,7 +63,7 @@ class Subscriber:
         with self._lock:
             return [payload for t, payload, _ in self.messages if t == topic]
 
-    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+    def wait_for(self, predicate, timeout: float = 30.0) -> bool:
         return wait_until(predicate, timeout)
 
     def seqs(self, topic: str) -> list[int]:
@@ -93,7 +93,7 @@ def subscriber(clients: list, broker, topics: list[str], persistent: bool = Fals
     return made
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:
+def wait_until(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not predicate():
         time.sleep(0.05)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import skimage.data
 
-from edge_app.aggregate import WindowAggregator
-from edge_app.classifier import EmotionClassifier
+from edge_app.commands.run import FrameProcessor, load_models, take_frame
 from edge_app.config import load_config
-from edge_app.faces import Face
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES
-from edge_app.service import FrameProcessor, load_models, take_frame
-from edge_app.tracker import Tracker
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import Face
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES
+from edge_app.pipeline.track import Tracker
+from edge_app.publish.aggregate import WindowAggregator
 
 ASTRONAUT = skimage.data.astronaut()
 FACE_BOX = (179, 72, 271, 175)  # the astronaut's face in the 512x512 photo, as the pipeline finds it

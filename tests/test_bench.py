@@ -25,9 +25,10 @@ def test_bench_prints_one_json_with_stages_and_memory() -> None:
     for stage in ("read", "detect", "landmarks", "classify", "track_aggregate", "publish", "total"):
         assert set(latency[stage]) == {"median", "p95", "mean", "n"}, stage
         assert 0 < latency[stage]["median"] <= latency[stage]["p95"], stage
-    # Detection every 5th frame, landmarks (found or followed) on every frame; a window closes every second.
+    # Detection every 5th frame, landmarks (found or followed) on every frame; a window closes every 30 frames, on a
+    # machine of any speed.
     assert latency["detect"]["n"] == 24 and latency["landmarks"]["n"] == latency["classify"]["n"] == 120
-    assert latency["publish"]["n"] >= 1
+    assert latency["publish"]["n"] == 4
     stages = sum(latency[s]["mean"] for s in ("read", "landmarks", "classify", "track_aggregate"))
     assert stages + latency["detect"]["mean"] / 5 <= latency["total"]["mean"] * 1.05
     # Each network's own time per call lies under the stage that calls it.

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from edge_app import check
-from edge_app.classifier import EmotionClassifier
+from edge_app.commands import check
 from edge_app.config import load_config
-from edge_app.faces import FacePipeline
 from edge_app.model_card import load_card
-from edge_app.preprocess import landmark_features
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline
+from edge_app.pipeline.preprocess import landmark_features
 
 
 def run_check(argv: list[str], model: Path, capsys: pytest.CaptureFixture,
@@ -51,7 +51,7 @@ def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:
 def test_faces_mode_with_flip_average_averages(tiny_model, tmp_path, capsys) -> None:
     """Test faces on which the mirror changes the answer, each labelled with the flip-averaged answer: check must
     score 100% with flip_average and 0% without, so a check that ignored the setting would fail."""
-    from train.data import TEST, load_dataset
+    from edge_app.dataset import TEST, load_dataset
 
     data = load_dataset(tiny_model["data"]).split("test")
     plain, averaged = EmotionClassifier(tiny_model["int8"]), EmotionClassifier(tiny_model["int8"], flip_average=True)
@@ -140,11 +140,17 @@ def test_full_pipeline_on_an_npz_counts_a_photo_without_face_as_wrong(tiny_model
     blank = np.full_like(astronaut, 128)
     path = tmp_path / "photos.npz"
     answer = load_card(tiny_model["card"]).classes.index(answer_for(tiny_model["int8"], astronaut))
-    # Labelled with the model's answer (FER-2013 coding, the card's class order) and as what a grey frame has none of.
-    np.savez(path, images=np.stack([astronaut, blank]), emotion=np.array([answer, 6 if answer != 6 else 0]))
-    code, result, _ = run_check(["--full-pipeline", "--data", str(path)], tiny_model["int8"], capsys)
+    other = 6 if answer != 6 else 0  # a label a grey frame cannot be given: it has no face
+    # Labelled with the model's answer (FER-2013 coding, the card's class order).
+    np.savez(path, images=np.stack([astronaut, blank]), emotion=np.array([answer, other]))
+    per_face = tmp_path / "per_face.json"
+    code, result, _ = run_check(["--full-pipeline", "--data", str(path), "--predictions", str(per_face)],
+                                tiny_model["int8"], capsys)
     assert result["n"] == 2 and result["face_found_rate"] == 0.5 and result["unreadable"] == 0
     assert result["accuracy"] == 0.5  # the astronaut is right, the blank photo (no face found) counts as wrong
+    # Face by face, as arm64.sh compares two devices: the blank photo has no prediction.
+    written = json.loads(per_face.read_text())
+    assert written["labels"] == [answer, other] and written["predictions"] == [answer, check.NO_PREDICTION]
 
 
 def test_bad_data_is_named_without_a_traceback(tiny_model, tmp_path, capsys) -> None:

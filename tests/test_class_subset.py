@@ -9,9 +9,10 @@ import pytest
 from skimage import data
 from train_helpers import run_script, small_fer
 
-from edge_app.classifier import EmotionClassifier
-from edge_app.faces import FacePipeline
+from edge_app.config import load_config
 from edge_app.model_card import ModelError, load_card
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline
 
 SUBSET = ("happy", "sad", "surprise", "neutral")
 
@@ -34,7 +35,7 @@ def test_four_class_model_from_training_to_the_device(tmp_path: Path, fer_data_p
 
     classifier = EmotionClassifier(models / "fer_fusion_int8.tflite", expected_classes=SUBSET)
     assert classifier.classes == SUBSET
-    face = FacePipeline(classifier.crop_spec).detect(data.astronaut())[0]
+    face = FacePipeline.from_config(load_config(None, [], env={}), classifier.crop_spec).detect(data.astronaut())[0]
     probabilities = classifier.predict(face.crop, face.features)
     assert probabilities.shape == (4,) and abs(float(np.sum(probabilities)) - 1.0) < 0.02
 

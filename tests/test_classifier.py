@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.model_card import ModelError, default_model_path, load_card
-from edge_app.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def models(tiny_model: dict[str, Path], tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def test_faces(tiny_model: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A few test-split faces of the tiny model's data with their cached landmark features."""
-    from train.data import TEST, load_dataset
+    from edge_app.dataset import TEST, load_dataset
     from train.landmark_cache import features_from_landmarks, load_or_compute
 
     data = load_dataset(tiny_model["data"])

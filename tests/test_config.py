@@ -40,6 +40,20 @@ def test_defaults_work_without_a_file(tmp_path, monkeypatch) -> None:
     assert config.model.path is None and config.aggregate.window_s == 10
 
 
+def test_each_systemd_instance_gets_its_own_default_device_id(tmp_path, monkeypatch) -> None:
+    """edge-emotion@cam0 and @cam1 on one host must not publish under the same topics; device.id still wins."""
+    monkeypatch.delenv("EDGE_EMOTION_INSTANCE", raising=False)
+    host = load_config(env={}).device.id
+    ids = []
+    for instance in ("cam0", "cam.1"):
+        monkeypatch.setenv("EDGE_EMOTION_INSTANCE", instance)
+        ids.append(load_config(env={}).device.id)
+    assert ids == [f"{host}-cam0", f"{host}-cam_1"]
+    path = tmp_path / "cam0.yaml"
+    path.write_text("device:\n  id: door\n")
+    assert load_config(path, env={}).device.id == "door"
+
+
 def test_config_yaml_in_the_current_directory_is_used(tmp_path, monkeypatch) -> None:
     (tmp_path / "config.yaml").write_text("mqtt:\n  port: 1999\n")
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_app.dataset import TEST, TRAIN, VALIDATION, DataError, load_csv, load_dataset, load_image_folder, load_npz
 from edge_app.emotions import EMOTIONS
-from train.data import TEST, TRAIN, VALIDATION, DataError, load_csv, load_dataset, load_image_folder, load_npz
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -38,7 +38,7 @@ def test_csv_rows_become_faces_and_malformed_rows_are_named_and_counted(tmp_path
     del expected[2]
     path = tmp_path / "fer2013.csv"
     path.write_text("\n".join(rows) + "\n")
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="edge_app.dataset"):
         data = load_csv(path)
     assert len(data) == len(expected) == 8
     for i, (image, label, split) in enumerate(expected):
@@ -67,7 +67,7 @@ def test_ferplus_votes_beside_the_csv_are_attached_row_by_row(tmp_path) -> None:
 def test_ferplus_file_of_another_length_is_ignored_with_a_warning(tmp_path, caplog) -> None:
     (tmp_path / "fer2013.csv").write_text(f"emotion,pixels,Usage\n0,{pixels_text(face(0))},Training\n")
     (tmp_path / "fer2013new.csv").write_text(FERPLUS_HEADER + "\n" + "Training,a.png,1,0,0,0,0,0,0,0,0,0\n" * 2)
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="edge_app.dataset"):
         assert load_csv(tmp_path / "fer2013.csv").ferplus_votes is None
     assert "2 vote rows for 1 csv rows" in caplog.text
 
@@ -108,7 +108,7 @@ def test_image_folder_with_mixed_case_classes_and_a_stratified_holdout(tmp_path,
     cut = tmp_path / "Test" / "angry" / "cut.png"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # truncated: must not become a half-grey face
     (tmp_path / "train" / "happy" / "notes.txt").write_text("ignored")
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="edge_app.dataset"):
         data = load_image_folder(tmp_path)
     assert data.images.shape == (52, 48, 48) and data.images.dtype == np.uint8
     counts = {(EMOTIONS[label], split): int(((data.labels == label) & (data.splits == split)).sum())

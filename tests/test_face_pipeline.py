@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from skimage import data, io
 
-from edge_app.face_detection import FaceDetector
-from edge_app.face_mesh import FaceMesh, roi_from_detection, roi_from_landmarks
-from edge_app.mediapipe_assets import FACE_DETECTOR, KNOWN_SHA256, mediapipe_model, verified
-from edge_app.runtime import ModelLoadError, TFLiteModel
+from edge_app.pipeline.detect import FaceDetector
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.landmarks import FaceMesh, roi_from_detection, roi_from_landmarks
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, KNOWN_SHA256, mediapipe_model, verified
+from edge_app.pipeline.runtime import ModelLoadError, TFLiteModel
 
 mp = pytest.importorskip("mediapipe", reason="mediapipe's Python API is needed to cross-check")
 
@@ -33,14 +34,6 @@ def _real_faces() -> dict[str, np.ndarray]:
 
 
 FACES = _real_faces()
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def _mediapipe_boxes(rgb: np.ndarray) -> list[np.ndarray]:
@@ -79,7 +72,7 @@ def test_detection_agrees_with_mediapipe(name: str, detector: FaceDetector) -> N
     assert theirs, f"MediaPipe found no face in {name}: pick another image"
     assert len(ours) == len(theirs)
     for box in theirs:
-        best = max(_iou(d.box, box) for d in ours)
+        best = max(float(iou_matrix(d.box[None], box[None])[0, 0]) for d in ours)
         assert best >= 0.9, f"{name}: detection IoU {best:.3f} < 0.9"
 
 

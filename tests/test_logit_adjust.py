@@ -37,7 +37,7 @@ def test_choose_tau_takes_the_best_macro_f1_within_the_accuracy_cost() -> None:
 def skewed_data(tiny_model: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     """The tiny model's data with fewer training faces of disgust and surprise (its own classes are balanced, and a
     uniform prior corrects nothing), and a landmark cache for it cut from the tiny model's."""
-    from train.data import TRAIN, load_dataset
+    from edge_app.dataset import TRAIN, load_dataset
     from train.landmark_cache import cache_path, load_or_compute
 
     data = load_dataset(tiny_model["data"])
@@ -57,7 +57,7 @@ def test_adjusted_model_carries_the_correction_in_its_bias(tiny_model: dict[str,
                                                            tmp_path: Path) -> None:
     import keras
 
-    from train.data import TRAIN, VALIDATION, load_dataset
+    from edge_app.dataset import TRAIN, VALIDATION, load_dataset
     from train.landmark_cache import features_from_landmarks, load_or_compute
 
     data_path, cache = skewed_data

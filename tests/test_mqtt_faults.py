@@ -3,9 +3,12 @@ down during an outage. Nothing is lost that the buffer could hold; what it could
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,9 +21,10 @@ from mqtt_helpers import (
     windows,
 )
 
-from edge_app.aggregate import StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import MAX_INFLIGHT
+from edge_app.publish.aggregate import StatsMessage, WindowAggregator
+from edge_app.publish.mqtt import MAX_INFLIGHT
+from edge_app.publish.queue import WindowQueue
 
 
 def test_broker_down_at_start_buffers_then_delivers_in_order(mosquitto, clients):
@@ -70,7 +74,7 @@ def test_unacknowledged_messages_are_resent_before_newer_ones(mosquitto, clients
     broker = mosquitto()
     sub = subscriber(clients, broker, ["emotion/testcam/emotions"])
     # the publisher reconnects later than the subscriber, so the subscriber is back before anything is re-sent
-    pub = publisher(clients, broker, discovery=False, reconnect_min_s=1.0, reconnect_max_s=1.0)
+    pub = publisher(clients, broker, discovery=False, reconnect_probe_s=1.0, reconnect_min_s=1.0, reconnect_max_s=1.0)
     assert wait_until(lambda: pub.connected)
     messages = windows(8)
     broker.process.send_signal(signal.SIGSTOP)  # the broker stops reading: windows 1-5 stay unacknowledged
@@ -150,9 +154,10 @@ def retained_status(clients, broker, topic: str = "emotion/testcam/status") -> b
     return (late.on(topic) or [None])[0]
 
 
-def test_close_during_an_outage_returns_at_once_and_the_retained_status_is_offline(mosquitto, clients):
+def test_close_during_an_outage_tries_until_its_timeout_keeps_the_windows_and_leaves_offline(mosquitto, clients,
+                                                                                             tmp_path):
     broker = mosquitto()
-    pub = publisher(clients, broker, discovery=False)
+    pub = publisher(clients, broker, discovery=False, queue=WindowQueue(tmp_path / "queue"))
     assert wait_until(lambda: pub.connected)
     assert wait_until(lambda: retained_status(clients, broker) == b"online")
     broker.stop()
@@ -160,10 +165,34 @@ def test_close_during_an_outage_returns_at_once_and_the_retained_status_is_offli
     for message in windows(3):
         pub.publish_emotions(message)
     started = time.monotonic()
-    pub.close()  # the default timeout: nothing can be flushed, so it must not be waited out
-    assert time.monotonic() - started < 2.0
+    pub.close(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+    assert sorted(p.name for p in (tmp_path / "queue").glob("*.json")) == [f"{seq:010d}.json" for seq in (1, 2, 3)]
     broker.start()
-    assert retained_status(clients, broker) == b"offline"
+    assert retained_status(clients, broker) == b"offline"  # the last will: the connection was not closed cleanly
+
+
+def test_close_connects_as_soon_as_the_broker_is_back_and_delivers_before_offline(mosquitto, clients, tmp_path):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions", "emotion/testcam/status"], persistent=True)
+    broker.stop()
+    # the 60 s back-off is for a broker that refuses us: an absent one is tried at once, then every probe
+    pub = publisher(clients, broker, discovery=False, queue=WindowQueue(tmp_path / "queue"), reconnect_probe_s=0.5,
+                    reconnect_min_s=60, reconnect_max_s=60)
+    for message in windows(5):
+        pub.publish_emotions(message)
+    assert wait_until(lambda: pub.last_error is not None, timeout=5)
+    closing = threading.Thread(target=pub.close, kwargs={"timeout": 30.0})
+    closing.start()
+    assert wait_until(lambda: pub._closing)
+    broker.start()
+    closing.join(timeout=40)
+    assert not closing.is_alive()
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/status")[-1:] == [b"offline"], timeout=15), sub.messages
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), [1, 2, 3, 4, 5])
+    assert sub.messages[-1][:2] == ("emotion/testcam/status", b"offline")  # after the last window
+    assert not list((tmp_path / "queue").glob("*.json"))  # acknowledged: nothing kept
+    assert (tmp_path / "queue" / "last_seq").read_text() == "5\n"
 
 
 def test_close_is_bounded_while_a_frozen_broker_holds_the_tls_handshake(mosquitto, clients, tmp_path):
@@ -181,31 +210,109 @@ def test_close_is_bounded_while_a_frozen_broker_holds_the_tls_handshake(mosquitt
         broker.process.send_signal(signal.SIGCONT)
 
 
-def test_sigterm_to_the_service_during_an_outage_exits_within_5_s_and_leaves_offline(mosquitto, clients):
+def service(broker, state, *extra: str) -> subprocess.Popen:
+    """``edge-emotion run`` on the demo photo, as systemd starts it (its state directory in the environment)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
+         "--set", "aggregate.window_s=0.5", *extra, "run"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "STATE_DIRECTORY": str(state)},
+    )
+
+
+def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, str]:
+    """Send ``signum``, wait for the exit; its return code and everything it logged."""
+    try:
+        process.send_signal(signum)
+        returncode = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+    return returncode, process.stderr.read()
+
+
+def logged_windows(stderr: str) -> list[int]:
+    return [int(seq) for seq in re.findall(r"window (\d+): ", stderr)]
+
+
+def stored_seqs(state) -> list[int]:
+    return sorted(int(p.stem) for p in state.glob("*.json"))
+
+
+def test_the_issue_scenario_two_short_outages_then_sigterm_delivers_every_window(mosquitto, clients, tmp_path):
+    """Measured in the issue: with the broker stopped 3 s, back 4 s, stopped 2 s, back 7 s and then SIGTERM, the
+    service never reconnected and 12 of 15 windows were lost. Default reconnect settings, as shipped."""
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions", "emotion/testcam/status"], persistent=True)
+    state = tmp_path / "state"
+    process = service(broker, state)
+    try:
+        assert sub.wait_for(lambda: sub.seqs("emotion/testcam/emotions"), timeout=60)
+        for down_s, up_s in ((3, 4), (2, 7)):  # the outages themselves; nothing below depends on their length
+            broker.stop()
+            time.sleep(down_s)
+            broker.start()
+            time.sleep(up_s)
+    finally:
+        returncode, stderr = stop(process)
+    assert returncode == 0, stderr
+    last = max(logged_windows(stderr))
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == last, timeout=15), \
+        (sub.seqs("emotion/testcam/emotions"), last)
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), list(range(1, last + 1)))
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/status")[-1:] == [b"offline"])
+    assert not stored_seqs(state) and (state / "last_seq").read_text() == f"{last}\n"
+    connections = broker.log_path.read_text().count("as edge-emotion-testcam")
+    assert connections >= 3, f"the service connected {connections} time(s): it did not come back after an outage"
+
+
+def test_sigkill_with_windows_buffered_then_a_restart_delivers_every_window_and_seq_continues(
+        mosquitto, clients, tmp_path):
+    broker = mosquitto()
+    sub = subscriber(clients, broker, ["emotion/testcam/emotions"], persistent=True)
+    broker.stop()
+    state = tmp_path / "state"
+    first = service(broker, state)
+    try:
+        assert wait_until(lambda: len(stored_seqs(state)) >= 4, timeout=60)
+    finally:
+        stop(first, signal.SIGKILL)
+    kept = stored_seqs(state)  # a write the kill cut short is a temporary file, never a window
+    assert kept == list(range(1, len(kept) + 1))
+    broker.start()
+    second = service(broker, state)
+    try:
+        assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) >= len(kept) + 3, timeout=60)
+    finally:
+        returncode, stderr = stop(second)
+    assert returncode == 0, stderr
+    assert logged_windows(stderr)[0] == len(kept) + 1, stderr  # seq continues where the killed run stopped
+    assert f"{len(kept)} window(s) from an earlier run" in stderr
+    last = max(logged_windows(stderr))
+    assert sub.wait_for(lambda: len(set(sub.seqs("emotion/testcam/emotions"))) == last, timeout=15)
+    assert_complete_in_order(sub.seqs("emotion/testcam/emotions"), list(range(1, last + 1)))
+
+
+def test_sigterm_during_an_outage_exits_0_within_flush_s_keeps_the_windows_on_disk_and_leaves_offline(
+        mosquitto, clients, tmp_path):
     broker = mosquitto()
     status = subscriber(clients, broker, ["emotion/testcam/status"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
-         "--set", "aggregate.window_s=0.5", "--set", "mqtt.reconnect_min_s=0.2", "--set", "mqtt.reconnect_max_s=1",
-         "run"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    state = tmp_path / "state"
+    process = service(broker, state, "--set", "mqtt.reconnect_probe_s=0.2", "--set", "mqtt.flush_s=2")
     try:
         assert status.wait_for(lambda: status.on("emotion/testcam/status")[-1:] == [b"online"], timeout=60)
         status.close()
         clients.remove(status)
         broker.stop()
-        time.sleep(1.5)  # windows pile up in the buffer; reconnects are refused
-        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: len(stored_seqs(state)) >= 2, timeout=60)  # windows pile up on disk
         started = time.monotonic()
-        returncode = process.wait(timeout=10)
-        took = time.monotonic() - started
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
-    stderr = process.stderr.read()
+        returncode, stderr = stop(process)
+    took = time.monotonic() - started
     assert returncode == 0, stderr
-    assert took < 5.0, f"exit took {took:.1f} s"
+    assert took < 2 + 3.0, f"exit took {took:.1f} s with mqtt.flush_s=2"
+    kept = [line for line in stderr.splitlines() if "not delivered before shutdown" in line]
+    assert len(kept) == 1 and f"kept in {state}" in kept[0], stderr
+    assert len(stored_seqs(state)) >= 2
     broker.start()
     assert retained_status(clients, broker) == b"offline"

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from edge_app.faces import FacePipeline, FrameError, as_rgb8
-from edge_app.preprocess import (
+from edge_app.config import load_config
+from edge_app.pipeline.faces import FacePipeline, FrameError, as_rgb8
+from edge_app.pipeline.preprocess import (
     CROP_SIZE,
     LANDMARK_FEATURES,
     CropSpec,
@@ -27,7 +28,7 @@ SPEC = CropSpec(size_iod=2.76, centre_below_eyes_iod=0.30)
 
 @pytest.fixture(scope="module")
 def astronaut_face():
-    pipeline = FacePipeline(SPEC)
+    pipeline = FacePipeline.from_config(load_config(None, [], env={}), SPEC)
     rgb = data.astronaut()
     (face,) = pipeline.detect(rgb)
     return pipeline, rgb, face

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from train_helpers import ROOT, TEST_PER_CLASS, run_script
 
-from edge_app.mediapipe_assets import sha256_file
 from edge_app.model_card import load_card
+from edge_app.pipeline.mediapipe_assets import sha256_file
 
 
 def test_report_has_sane_figures(tiny_model: dict[str, Path]) -> None:
@@ -108,7 +108,7 @@ def test_card_lists_every_file_with_its_checksum(tiny_model: dict[str, Path]) ->
 
 
 def test_int8_model_is_fully_integer_and_edgetpu_ready_has_batch_one(tiny_model: dict[str, Path]) -> None:
-    from edge_app.runtime import TFLiteModel
+    from edge_app.pipeline.runtime import TFLiteModel
 
     for name, shapes in (("fer_fusion_int8.tflite", None), ("fer_fusion_int8_edgetpu_ready.tflite", 1)):
         model = TFLiteModel(tiny_model["models"] / name)

@@ -16,10 +16,10 @@ import skimage.data
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app import sdnotify
+from edge_app.commands.run import FrameProcessor, load_models
 from edge_app.config import load_config
-from edge_app.service import FrameProcessor, load_models
-from edge_app.tracker import Tracker
+from edge_app.pipeline.track import Tracker
+from edge_app.publish import sdnotify
 
 
 def _run(port: int, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -34,8 +34,10 @@ def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto, clien
     broker = mosquitto()
     sub = subscriber(clients, broker, ["emotion/testcam/#", "homeassistant/#"])
     result = _run(broker.port, "run", "--max-windows", "3")
-    time.sleep(0.5)
     assert result.returncode == 0, result.stderr
+    # Delivered to the broker before the service exited; the broker passes them on in its own time.
+    assert sub.wait_for(lambda: len(sub.on("emotion/testcam/emotions")) == 3
+                        and sub.on("emotion/testcam/status")[-1:] == [b"offline"], timeout=30)
     by_topic: dict[str, list[dict | str]] = {}
     for topic, payload, _ in sub.messages:
         text = payload.decode()
@@ -48,29 +50,34 @@ def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto, clien
         assert window["faces"] == 1 and window["dominant"] == "happy"  # the smiling astronaut
         assert abs(sum(window["emotions"].values()) - 1.0) < 0.01
         assert set(window) == {"seq", "ts", "device", "window_s", "frames", "fps", "faces", "tracks_seen",
-                               "emotions", "dominant", "tracks"}
+                               "emotions", "dominant", "tracks", "sensing"}
+        assert window["sensing"] is True
     stats = by_topic["emotion/testcam/stats"]
     assert stats and stats[-1]["delegate"] == "cpu" and stats[-1]["frames"] > 0
     assert any(topic.startswith("homeassistant/sensor/testcam/") for topic in by_topic)
 
 
-def test_sigterm_publishes_the_last_window_and_exits_cleanly(mosquitto, clients) -> None:
+def test_sigterm_publishes_the_last_window_and_exits_cleanly(mosquitto, clients, tmp_path) -> None:
     broker = mosquitto()
     sub = subscriber(clients, broker, ["emotion/testcam/#"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
-         "--set", "aggregate.window_s=60", "run"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and b"online" not in sub.on("emotion/testcam/status"):
-        time.sleep(0.2)
-    time.sleep(2)  # some frames into the first window
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(120)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_app", "--set", f"mqtt.port={broker.port}", "--set", "device.id=testcam",
+             "--set", "aggregate.window_s=60", "run"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NOTIFY_SOCKET": str(notify)},
+        )
+        # READY comes after the first frame went through the pipeline: the window holds frames, at any speed.
+        assert sock.recv(4096).decode().startswith("READY=1")
+    assert sub.wait_for(lambda: b"online" in sub.on("emotion/testcam/status"), timeout=60)
     process.terminate()
     started = time.monotonic()
     assert process.wait(timeout=10) == 0
     assert time.monotonic() - started < 5
-    time.sleep(0.5)
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/emotions") and sub.on("emotion/testcam/status")[-1:] == [
+        b"offline"], timeout=30)
     windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert len(windows) == 1 and windows[0]["frames"] > 0  # the partial window was not lost
     statuses = sub.on("emotion/testcam/status")
@@ -155,8 +162,9 @@ def test_video_that_ends_publishes_its_last_window_and_exits_cleanly(mosquitto, 
     secret = "s3cret-Passw0rd"
     result = _run(broker.port, "--set", f"source.uri={video}", "--set", "source.loop=false", "--set", "source.fps=10",
                   "--set", "mqtt.username=edge", "--set", f"mqtt.password={secret}", "--log-level", "DEBUG", "run")
-    time.sleep(0.5)
     assert result.returncode == 0, result.stderr
+    assert sub.wait_for(lambda: sum(json.loads(p)["frames"] for p in sub.on("emotion/testcam/emotions")) == 15
+                        and sub.on("emotion/testcam/status")[-1:] == [b"offline"], timeout=30)
     assert "has ended" in result.stderr and secret not in result.stderr + result.stdout
     windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert sum(w["frames"] for w in windows) == 15  # every frame counted, the last partial window included
@@ -185,8 +193,9 @@ def test_missing_camera_keeps_the_service_publishing_and_reopening(mosquitto, cl
     sub = subscriber(clients, broker, ["emotion/testcam/#"])
     result = _run(broker.port, "--set", "source.uri=63", "--set", "source.reopen_initial_s=0.2", "run",
                   "--max-windows", "2")
-    time.sleep(0.5)
     assert result.returncode == 0, result.stderr
+    assert sub.wait_for(lambda: len(sub.on("emotion/testcam/emotions")) == len(sub.on("emotion/testcam/stats")) == 2,
+                        timeout=30)
     windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert [w["seq"] for w in windows] == [1, 2] and all(w["faces"] == 0 and w["frames"] == 0 for w in windows)
     stats = [json.loads(p) for p in sub.on("emotion/testcam/stats")]
@@ -269,8 +278,9 @@ def test_sigint_while_a_stream_hangs_still_exits_0_within_5_s(mosquitto, clients
     started = time.monotonic()
     assert process.wait(timeout=10) == 0, process.stderr.read() if process.stderr else ""
     assert time.monotonic() - started < 5
-    time.sleep(0.3)
     server.close()
+    assert sub.wait_for(lambda: sub.on("emotion/testcam/emotions") and sub.on("emotion/testcam/status")[-1:] == [
+        b"offline"], timeout=30)
     windows = [json.loads(p) for p in sub.on("emotion/testcam/emotions")]
     assert len(windows) == 1 and windows[0]["frames"] == 0 and windows[0]["faces"] == 0
     assert sub.on("emotion/testcam/status")[-1] == b"offline"

@@ -19,7 +19,9 @@ import numpy as np
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import Subscriber, wait_until
 
-WATCHDOG_S = 0.2  # WATCHDOG_USEC=400000: the service pings every half of it
+# WATCHDOG_USEC=2 s: the service pings every half of it, 1 s. The limit a gap must stay under is the watchdog's
+# timeout itself (systemd restarts past it), which leaves a reopen attempt 1 s: 4x what one takes here under load.
+WATCHDOG_S = 1.0
 
 
 def _listen(sock: socket.socket, messages: list[tuple[float, str]], done: threading.Event) -> None:
@@ -64,14 +66,16 @@ def test_video_corrupted_mid_run_is_reopened_with_backoff_and_the_watchdog_stays
             with video.open("r+b") as file:  # corrupted in place, as a failing card or disk would do it
                 file.write(bytes(np.random.default_rng(0).integers(0, 256, len(original), np.uint8)))
             corrupted_at = time.monotonic()
-            assert wait_until(lambda: any(s["source_state"] == "reopening" for s in stats()), 10)
-            time.sleep(3)  # several reopen attempts, backoff growing to reopen_max_s
+            assert wait_until(lambda: any(s["source_state"] == "reopening" for s in stats()), 30)
+            time.sleep(3)  # an outage of at least 3 s: several reopen attempts, backoff growing to reopen_max_s
+            # ... and at least three windows published during it, however slow the machine
+            assert wait_until(lambda: [s["source_state"] for s in stats()].count("reopening") >= 3, 30)
             assert process.poll() is None  # still running
             broken = len(windows())
             video.write_bytes(original)  # the file is back
             restored_at = time.monotonic()
-            assert wait_until(lambda: any(w["faces"] == 1 for w in windows()[broken:]), 15)
-            assert stats()[-1]["source_state"] == "ok"
+            assert wait_until(lambda: any(w["faces"] == 1 for w in windows()[broken:]), 30)
+            assert wait_until(lambda: stats()[-1]["source_state"] == "ok", 30)
         finally:
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=10)
@@ -93,5 +97,5 @@ def test_video_corrupted_mid_run_is_reopened_with_backoff_and_the_watchdog_stays
     assert delays and delays[0] == 0.2
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
     outage = [t for t in pings if corrupted_at <= t <= restored_at]
-    assert len(outage) >= 10 and max(np.diff(outage)) < 2 * WATCHDOG_S + 0.3  # fed on schedule while reopening
+    assert len(outage) >= 2 and max(np.diff(outage)) < 2 * WATCHDOG_S  # fed on schedule while reopening
     assert any("source reopening" in m for _, m in messages if m.startswith("STATUS="))

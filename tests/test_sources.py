@@ -4,6 +4,7 @@ rotation and mirroring, the frame-rate cap, and a camera that is not there (reop
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,8 +15,7 @@ import pytest
 from media_helpers import write_video
 
 from edge_app.config import ConfigError, SourceConfig, load_config
-from edge_app.faces import FrameError
-from edge_app.sources import (
+from edge_app.pipeline.capture import (
     PICAMERA2_MISSING,
     STREAM_TIMEOUT_S,
     ImageError,
@@ -25,6 +25,7 @@ from edge_app.sources import (
     redact,
     resolve,
 )
+from edge_app.pipeline.faces import FrameError
 
 VIDEO_FRAMES = 12
 
@@ -148,7 +149,8 @@ def test_missing_camera_is_reopened_with_backoff() -> None:
     source = ReconnectingSource(source_config("63", "source.reopen_initial_s=0.1", "source.reopen_max_s=0.4"))
     attempts = []
     start = time.monotonic()
-    while time.monotonic() - start < 2.0:
+    # Six attempts, however long each takes on this machine (a generous limit, only for a source that never retries).
+    while len(attempts) < 6 and time.monotonic() - start < 30:
         before = source.reopens
         t0 = time.monotonic()
         assert source.read() is None
@@ -157,14 +159,14 @@ def test_missing_camera_is_reopened_with_backoff() -> None:
             attempts.append(time.monotonic() - start)
     assert source.state.startswith("reopening: ") and "'63'" in source.state and not source.ended
     gaps = np.diff(attempts)
-    # 0.1, 0.2, 0.4, 0.4, ... seconds apart: growing, then capped at reopen_max_s
-    assert 4 <= len(attempts) <= 9, attempts
-    assert gaps[0] < gaps[1] < gaps[2] and max(gaps) < 0.6, gaps
+    # 0.1, 0.2, 0.4, 0.4, ... seconds apart (plus each failed open's own time): growing, then capped at reopen_max_s
+    assert len(attempts) == 6, attempts
+    assert gaps[0] < gaps[1] < gaps[2] and min(gaps) >= 0.1 and max(gaps) < 0.4 + 0.5, gaps
 
 
 @pytest.mark.parametrize(("uri", "kind"), [
     ("demo", "demo"), ("0", "camera"), ("/dev/video5", "camera"), ("rtsp://cam.local/stream", "stream"),
-    ("videotestsrc ! videoconvert ! appsink", "pipeline"), ("picamera2", "picamera2"),
+    ("picamera2", "picamera2"),
 ])
 def test_kind_is_inferred_from_the_uri(uri: str, kind: str) -> None:
     if kind == "picamera2":
@@ -172,6 +174,21 @@ def test_kind_is_inferred_from_the_uri(uri: str, kind: str) -> None:
             resolve(source_config(uri))
         return
     assert resolve(source_config(uri))[0] == kind
+
+
+def test_without_pygobject_a_pipeline_is_refused_in_one_line_saying_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_app.pipeline import gstreamer
+
+    monkeypatch.setitem(sys.modules, "gi", None)  # what an interpreter without PyGObject sees (CI has it)
+    gstreamer.gst.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="apt install python3-gi gir1.2-gstreamer-1.0") as error:
+            resolve(source_config("nvarguscamerasrc ! nvvidconv ! videoconvert ! appsink"))
+    finally:
+        monkeypatch.undo()
+        gstreamer.gst.cache_clear()
+    assert "\n" not in str(error.value) and "--system-site-packages" in str(error.value)
 
 
 def test_files_and_folders_are_inferred(tmp_path: Path, video: Path) -> None:

@@ -18,7 +18,7 @@ def run_script(*args: str | Path, timeout: int = 600) -> subprocess.CompletedPro
 
 def small_fer(source: Path, target: Path) -> Path:
     """A class-balanced slice of FER-2013 in the project's npz format (train / validation / test)."""
-    from train.data import SPLIT_NAMES, load_dataset
+    from edge_app.dataset import SPLIT_NAMES, load_dataset
 
     data = load_dataset(source)
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 The landmark features are centred, scaled and levelled by the eyes, so they do not
 change under the random scale, rotation and shift applied to the image: image and
 landmarks stay consistent by construction. A horizontal flip does change them: it
-swaps left and right landmarks (``edge_app.preprocess.mirror_index``) and negates x.
+swaps left and right landmarks (``edge_app.pipeline.preprocess.mirror_index``) and negates x.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import math
 
 import tensorflow as tf
 
-from edge_app.face_mesh import NUM_LANDMARKS
-from edge_app.preprocess import CROP_SIZE, mirror_index
+from edge_app.pipeline.landmarks import NUM_LANDMARKS
+from edge_app.pipeline.preprocess import CROP_SIZE, mirror_index
 
 
 def _mirror_landmarks(features: tf.Tensor) -> tf.Tensor:

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from edge_app.dataset import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from edge_app.model_card import FACE_INPUT, ModelError, float_model_inputs, load_card  # noqa: E402
-from edge_app.preprocess import landmark_features, mirror_inputs  # noqa: E402
-from train.data import TEST, TRAIN, DataError, FaceDataset  # noqa: E402
+from edge_app.pipeline.preprocess import landmark_features, mirror_inputs  # noqa: E402
 from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
 
 log = logging.getLogger("evaluate")
@@ -169,7 +169,7 @@ def gradcam_grid(model, data: FaceDataset, features: np.ndarray, rows: np.ndarra
     """A grid of test faces (the first ``per_class`` of each class) with the Grad-CAM of the predicted class."""
     import matplotlib.pyplot as plt
 
-    from edge_app.gradcam import GradCam
+    from edge_app.commands.gradcam import GradCam
 
     gradcam = GradCam(model)
     picked = [r for c in range(len(classes)) for r in np.flatnonzero(data.labels[rows] == c)[:per_class]]

@@ -1,6 +1,6 @@
 """Face Mesh landmarks for every training image, computed once with the device's own pipeline.
 
-``python train/landmark_cache.py [--data PATH]`` runs ``edge_app.faces.FacePipeline`` (the
+``python train/landmark_cache.py [--data PATH]`` runs ``edge_app.pipeline.faces.FacePipeline`` (the
 code the device runs) over each 48x48 image, upscaled to 192x192 with a replicated
 border, and stores the landmarks (in 48x48 pixel coordinates) under ``cache/``, keyed by
 the data fingerprint and the face models' hashes: a second run reuses the file. It
@@ -24,12 +24,12 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_app.dataset import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
 from edge_app.emotions import fer_label_map  # noqa: E402
-from edge_app.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
-from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
 from edge_app.model_card import ModelCard  # noqa: E402
-from edge_app.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
-from train.data import SPLIT_NAMES, FaceDataset, load_dataset  # noqa: E402
+from edge_app.pipeline.faces import SMALL_FACE_BORDER, SMALL_FACE_UPSCALE, FacePipeline  # noqa: E402
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256  # noqa: E402
+from edge_app.pipeline.preprocess import CROP_SIZE, CropSpec, crop_landmarks, eye_centres, landmark_features  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def _landmarks_of(image: np.ndarray) -> np.ndarray:
     """One worker's call: the pipeline (its TFLite interpreters) is made once per process."""
     global _pipeline
     if _pipeline is None:
-        _pipeline = FacePipeline(CropSpec(), min_face_px=0, max_faces=1)
+        # Only landmarks are cached: the crop framing is what fit_crop_spec() measures from them afterwards.
+        _pipeline = FacePipeline.for_small_faces(CropSpec(size_iod=2.6, centre_below_eyes_iod=0.45))
     return _pipeline.small_face_landmarks(image)
 
 

@@ -27,12 +27,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from edge_app.config import ConfigError, load_config  # noqa: E402
+from edge_app.dataset import FaceDataset, load_dataset  # noqa: E402
 from edge_app.emotions import fer_label_map, resolve_classes  # noqa: E402
-from edge_app.mediapipe_assets import sha256_file  # noqa: E402
 from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT, float_model_inputs, load_card  # noqa: E402
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
+from edge_app.pipeline.mediapipe_assets import sha256_file  # noqa: E402
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES  # noqa: E402
 from train.augment import augment_batch  # noqa: E402
-from train.data import FaceDataset, load_dataset  # noqa: E402
 from train.evaluate import load_model_and_card, plain_and_flip_averaged  # noqa: E402
 from train.landmark_cache import (  # noqa: E402
     features_from_landmarks,
@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
             FACE_INPUT: {
                 "shape": [1, CROP_SIZE, CROP_SIZE, 1], "range": [0.0, 1.0], "description": "48x48 grayscale face / 255"
             },
-            LANDMARK_INPUT: {"shape": [1, LANDMARK_FEATURES], "description": "edge_app.preprocess.landmark_features"},
+            LANDMARK_INPUT: {
+                "shape": [1, LANDMARK_FEATURES], "description": "edge_app.pipeline.preprocess.landmark_features"
+            },
         },
         "output": {"name": "probabilities", "shape": [1, len(classes)]},
         "preprocessing": {
