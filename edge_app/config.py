@@ -254,6 +254,8 @@ class TrainConfig(Section):
 class ConvertConfig(Section):
     calibration_size: int = Field(400, ge=1, strict=True)
     max_accuracy_drop: float = Field(1.0, ge=0, le=100, strict=True)
+    device_path_size: int = Field(0, ge=0, strict=True)
+    max_device_path_drop: float = Field(1.0, ge=0, le=100, strict=True)
 
 
 class UiConfig(Section):

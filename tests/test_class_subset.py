@@ -27,7 +27,7 @@ def test_four_class_model_from_training_to_the_device(tmp_path: Path, fer_data_p
     assert trained.returncode == 0, trained.stderr[-3000:]
     converted = run_script(
         "convert/quantize.py", "--model", run / "model.keras", "--out", models, "--data", fer,
-        "--cache-dir", cache, "--calibration-size", "40", "--max-accuracy-drop", "100",
+        "--cache-dir", cache, "--calibration-size", "40", "--max-accuracy-drop", "100", "--max-device-path-drop", "100",
     )
     assert converted.returncode == 0, converted.stderr[-3000:]
     card = load_card(models / "fer_fusion.card.json")

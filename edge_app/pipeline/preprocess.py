@@ -41,6 +41,15 @@ class CropSpec:
         return asdict(self)
 
 
+def face_input(crops: np.ndarray) -> np.ndarray:
+    """The emotion model's face input: uint8 crops (..., 48, 48) as float32 in [0, 1] with a channel axis.
+
+    The one place the pixel scaling is written: training, conversion, evaluation and the device's
+    classifier all feed faces through it, so they cannot drift apart.
+    """
+    return np.asarray(crops)[..., None].astype(np.float32) / 255.0
+
+
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(right eye, left eye) centres in pixels from Face Mesh landmarks (468, 2+)."""
     xy = landmarks[:, :2]
