@@ -105,19 +105,32 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
     assert "| again | fusion | none | 560 x 1 |" in (reports / "ablation.md").read_text()
 
 
-def test_resume_continues_from_the_last_epoch(synthetic_folder: Path, tmp_path: Path) -> None:
+def test_resume_continues_the_last_epoch_the_best_checkpoint_and_patience(synthetic_folder: Path,
+                                                                          tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ("train/train.py", "--data", synthetic_folder, "--out", run, "--cache-dir", tmp_path / "cache",
-              "--classes", *SYNTHETIC_CLASSES, *TINY_NET)
-    first = run_script(*common, "--epochs", "1")
+              "--classes", *SYNTHETIC_CLASSES, "--patience", "3", *TINY_NET)
+    first = run_script(*common, "--epochs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_script(*common, "--epochs", "2", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "at epoch 1" in resumed.stderr
     with (run / "history.csv").open() as f:
-        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+        accuracies = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
     state = json.loads((run / "state.json").read_text())
-    assert state["epoch"] == 2
+    assert state["best_val_accuracy"] == pytest.approx(max(accuracies))
+    assert state["epochs_since_best"] == len(accuracies) - 1 - int(np.argmax(accuracies))
+
+    # As if the earlier sittings had reached a validation accuracy that no epoch can beat, two epochs ago:
+    # the resumed epoch must neither replace best.keras nor reset patience (3), so training stops after it.
+    state.update(best_val_accuracy=1.0, epochs_since_best=2)
+    (run / "state.json").write_text(json.dumps(state))
+    best_before = (run / "best.keras").read_bytes()
+    resumed = run_script(*common, "--epochs", "6", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "at epoch 2" in resumed.stderr
+    with (run / "history.csv").open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+    assert (run / "best.keras").read_bytes() == best_before
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 3 and state["best_val_accuracy"] == 1.0 and state["epochs_since_best"] == 3
     # The card's training time covers both sittings: more than the resumed one alone.
     training = load_card(run / "model.card.json").training
     assert training["train_seconds"] == pytest.approx(state["train_seconds"], abs=1.0)

@@ -174,24 +174,44 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return {i: float(len(y) / (len(counts) * max(c, 1.0))) for i, c in enumerate(counts)}
 
 
-class EpochState(keras.callbacks.Callback):
-    """Saves the epoch number and the training seconds so far beside ``last.keras``.
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on validation accuracy that continues a resumed run's best value and patience count.
 
-    ``--resume`` continues both, so the card's ``train_seconds`` is the whole recipe's time even when
-    it ran in several sittings (None when an earlier sitting did not record it).
+    Keras resets both when ``fit`` starts, so without this a resumed sitting would wait ``patience``
+    epochs afresh and compare against no best at all.
     """
 
-    def __init__(self, path: Path, seconds_before: float | None):
+    def __init__(self, patience: int, best: float | None, wait: int):
+        super().__init__(monitor="val_accuracy", mode="max", patience=patience)
+        self.resumed = (best, wait)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self.best, self.wait = self.resumed
+
+
+class EpochState(keras.callbacks.Callback):
+    """Saves the epoch number, the training seconds so far and the early-stopping state beside ``last.keras``.
+
+    ``--resume`` continues all of them, so the card's ``train_seconds`` is the whole recipe's time even when
+    it ran in several sittings (None when an earlier sitting did not record it), ``best.keras`` is only
+    replaced by a better epoch, and patience counts the epochs since the best of every sitting.
+    """
+
+    def __init__(self, path: Path, seconds_before: float | None, early: ResumableEarlyStopping):
         super().__init__()
         self.path = path
         self.seconds_before = seconds_before
         self.seconds = seconds_before  # at the end of the last epoch
         self.started = time.time()
+        self.early = early
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.seconds_before is not None:
             self.seconds = round(self.seconds_before + time.time() - self.started, 1)
-        self.path.write_text(json.dumps({"epoch": epoch + 1, "train_seconds": self.seconds}))
+        best = None if self.early.best is None else float(self.early.best)
+        self.path.write_text(json.dumps({"epoch": epoch + 1, "train_seconds": self.seconds,
+                                         "best_val_accuracy": best, "epochs_since_best": int(self.early.wait)}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,14 +247,18 @@ def main(argv: list[str] | None = None) -> None:
     steps = max(1, len(y_train) // args.batch_size)
 
     last, best, state = out / "last.keras", out / "best.keras", out / "state.json"
-    initial_epoch, seconds_before = 0, 0.0
+    initial_epoch, seconds_before, best_before, epochs_since_best = 0, 0.0, None, 0
     if args.resume and last.is_file() and state.is_file():
         model = keras.models.load_model(last)
         saved = json.loads(state.read_text())
         initial_epoch, seconds_before = saved["epoch"], saved.get("train_seconds")
-        log.info("resuming from %s at epoch %d", last, initial_epoch)
+        best_before, epochs_since_best = saved.get("best_val_accuracy"), saved.get("epochs_since_best", 0)
+        log.info("resuming from %s at epoch %d (best validation accuracy so far %s, %d epoch(s) ago)",
+                 last, initial_epoch, best_before, epochs_since_best)
         if seconds_before is None:
             log.warning("%s has no train_seconds: the card's total training time will be unknown", state)
+        if best_before is None:
+            log.warning("%s has no best_val_accuracy: the first epoch now replaces best.keras", state)
     else:
         model = initial_model(args, classes)
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -246,14 +270,16 @@ def main(argv: list[str] | None = None) -> None:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
             metrics=["accuracy"],
         )
+    early = ResumableEarlyStopping(args.patience, best_before, epochs_since_best)
+    epoch_state = EpochState(state, seconds_before, early)
     callbacks = [
         keras.callbacks.ModelCheckpoint(last),
-        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True,
+                                        initial_value_threshold=best_before),
         keras.callbacks.CSVLogger(out / "history.csv", append=initial_epoch > 0),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience),
+        early,
+        epoch_state,  # after early: it saves early's state of this epoch
     ]
-    epoch_state = EpochState(state, seconds_before)
-    callbacks.append(epoch_state)
     started = time.time()
     model.fit(
         train_dataset(x_train, y_train, args),
