@@ -180,3 +180,20 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     assert not all(np.array_equal(a, b) for a, b in zip(first_weights, best_weights))
     for first_stage, best, saved in zip(first_weights, best_weights, saved_model.get_weights(), strict=True):
         np.testing.assert_allclose(saved, (first_stage + best) / 2, rtol=1e-6, atol=1e-7)
+
+
+    # The targets are the teacher's: a teacher that calls every face happy (99.75%, whatever the input), fine-tuned
+    # from itself so that nothing moves, scores a training loss near its entropy against its own targets (0.32
+    # with label smoothing 0.1), where the balanced labels would give about 3.0 (every sad face at 0.25%).
+    logits = first_model.get_layer("logits")
+    logits.set_weights([np.zeros_like(logits.get_weights()[0]), np.array([3.0, -3.0], np.float32)])
+    constant = tmp_path / "constant" / "model.keras"
+    constant.parent.mkdir()
+    first_model.save(constant)
+    (constant.parent / "model.card.json").write_bytes((tmp_path / "first" / "model.card.json").read_bytes())
+    third = run_script("train/train.py", *common, "--out", tmp_path / "third", "--epochs", "1", "--lr", "1e-7",
+                       "--init-from", constant, "--teacher", constant, "--distill-weight", "1.0")
+    assert third.returncode == 0, third.stderr[-3000:]
+    with (tmp_path / "third" / "history.csv").open() as f:
+        (epoch,) = list(csv.DictReader(f))
+    assert float(epoch["loss"]) == pytest.approx(0.32, abs=0.05)
