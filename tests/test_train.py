@@ -97,6 +97,12 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
             assert set(result[average]) == {"precision", "recall", "f1"}
             assert all(0.0 <= v <= 1.0 for v in result[average].values())
     assert summary["accuracy"] == report["results"]["plain"]["accuracy"]
+    ferplus = report["ferplus_majority"]  # the slice carries FER-2013's FER+ votes
+    assert 0 < ferplus["n"] <= 280 and 0.0 <= ferplus["fer_label_agreement"] <= 1.0
+    for mode in ("plain", "tta"):
+        assert ferplus[mode]["n"] == ferplus["n"] and list(ferplus[mode]["per_class"]) == classes
+        assert np.asarray(ferplus[mode]["confusion_matrix"]).sum() == ferplus["n"]
+    assert "against the FER+ majority label" in (reports / "evaluation.md").read_text()
     assert report["training"]["epochs"] == 1 and report["training"]["best_epoch"] == 1
     ablation = json.loads((reports / "ablation.json").read_text())
     assert [r["name"] for r in ablation[:2]] == ["model", "again"]

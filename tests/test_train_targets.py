@@ -1,4 +1,5 @@
-"""train/train.py's targets: FER+ votes mixed with the FER label by ferplus_weight, and the class-weight choices."""
+"""train/train.py's targets (FER+ votes mixed with the FER label by ferplus_weight, the class-weight choices) and
+train/evaluate.py's FER+ majority label."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from train.data import FERPLUS_COLUMNS, FaceDataset
+from train.evaluate import ferplus_majority
 from train.train import class_weights, parse_args, targets
 
 CLASSES = ("happy", "sad")
@@ -35,3 +37,15 @@ def test_square_root_class_weights_are_softer_than_inverse_ones() -> None:
         assert (400 * weights[0] + 100 * weights[1]) / 500 == pytest.approx(1.0)
     assert parse_args(["--class-balance", "sqrt_weights"]).class_balance == "sqrt_weights"
     assert parse_args(["--set", "train.class_balance=sqrt_weights"]).class_balance == "sqrt_weights"
+
+
+def test_the_ferplus_majority_label_needs_more_than_half_the_votes() -> None:
+    votes = np.zeros((4, 10), np.uint8)
+    votes[0, FERPLUS_COLUMNS["sad"]] = 6  # 6 of 10: sad
+    votes[0, FERPLUS_COLUMNS["happy"]] = 4
+    votes[1, FERPLUS_COLUMNS["happy"]], votes[1, FERPLUS_COLUMNS["sad"]] = 5, 5  # a tie: no majority
+    votes[2, FERPLUS_COLUMNS["happy"]], votes[2, 7] = 4, 6  # most said contempt, not one of the classes
+    faces = FaceDataset(np.zeros((4, 48, 48), np.uint8), np.zeros(4, np.int64), np.zeros(4, np.uint8), votes)
+    labels, has = ferplus_majority(faces, np.arange(4), list(CLASSES))
+    assert has.tolist() == [True, False, False, False] and labels[0] == CLASSES.index("sad")
+    assert ferplus_majority(FaceDataset(faces.images, faces.labels, faces.splits), np.arange(4), list(CLASSES)) is None
