@@ -135,6 +135,7 @@ def test_resume_continues_the_last_epoch_the_best_checkpoint_and_patience(synthe
     with (run / "history.csv").open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
     assert (run / "best.keras").read_bytes() == best_before
+    assert not list(run.glob("*.partial*"))  # checkpoints are written beside, then renamed over
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 3 and state["best_val_accuracy"] == 1.0 and state["epochs_since_best"] == 3
     # The card's training time covers both sittings: more than the resumed one alone.

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -214,28 +215,41 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.best, self.wait = self.resumed
 
 
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file beside ``path``, then rename it over ``path``: a run killed part-way
+    (a session that ends) leaves the previous complete file, never a cut-short one."""
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    write(partial)
+    os.replace(partial, path)
+
+
 class EpochState(keras.callbacks.Callback):
-    """Saves the epoch number, the training seconds so far and the early-stopping state beside ``last.keras``.
+    """After each epoch: ``last.keras`` (with the optimizer state), ``best.keras`` when the epoch is the best so
+    far on validation accuracy, and ``state.json`` (epoch, training seconds, best value, epochs since it).
 
     ``--resume`` continues all of them, so the card's ``train_seconds`` is the whole recipe's time even when
     it ran in several sittings (None when an earlier sitting did not record it), ``best.keras`` is only
-    replaced by a better epoch, and patience counts the epochs since the best of every sitting.
+    replaced by a better epoch, and patience counts the epochs since the best of every sitting. Every file is
+    replaced atomically, and ``state.json`` last, so it never names an epoch the checkpoints lack.
     """
 
-    def __init__(self, path: Path, seconds_before: float | None, early: ResumableEarlyStopping):
+    def __init__(self, out: Path, seconds_before: float | None, early: ResumableEarlyStopping):
         super().__init__()
-        self.path = path
+        self.out = out
         self.seconds_before = seconds_before
         self.seconds = seconds_before  # at the end of the last epoch
         self.started = time.time()
-        self.early = early
+        self.early = early  # runs before this callback: its best and wait include this epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.seconds_before is not None:
             self.seconds = round(self.seconds_before + time.time() - self.started, 1)
-        best = None if self.early.best is None else float(self.early.best)
-        self.path.write_text(json.dumps({"epoch": epoch + 1, "train_seconds": self.seconds,
-                                         "best_val_accuracy": best, "epochs_since_best": int(self.early.wait)}))
+        replace_atomically(self.out / "last.keras", self.model.save)
+        if self.early.wait == 0:  # this epoch set a new best
+            replace_atomically(self.out / "best.keras", self.model.save)
+        state = {"epoch": epoch + 1, "train_seconds": self.seconds, "best_val_accuracy": float(self.early.best),
+                 "epochs_since_best": int(self.early.wait)}
+        replace_atomically(self.out / "state.json", lambda path: path.write_text(json.dumps(state)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,14 +309,11 @@ def main(argv: list[str] | None = None) -> None:
             metrics=["accuracy"],
         )
     early = ResumableEarlyStopping(args.patience, best_before, epochs_since_best)
-    epoch_state = EpochState(state, seconds_before, early)
+    epoch_state = EpochState(out, seconds_before, early)
     callbacks = [
-        keras.callbacks.ModelCheckpoint(last),
-        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True,
-                                        initial_value_threshold=best_before),
         keras.callbacks.CSVLogger(out / "history.csv", append=initial_epoch > 0),
         early,
-        epoch_state,  # after early: it saves early's state of this epoch
+        epoch_state,  # after early: it saves by early's verdict on this epoch
     ]
     started = time.time()
     model.fit(
