@@ -19,7 +19,8 @@ from edge_app.pipeline.classify import EmotionClassifier
 from edge_app.pipeline.faces import FacePipeline
 from edge_app.pipeline.frames import FrameProcessor, FrameResult, take_frame
 from edge_app.pipeline.track import Tracker
-from edge_app.publish.aggregate import EmotionsMessage, WindowAggregator
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.messages import EmotionsMessage
 from edge_app.publish.mqtt import MqttPublisher
 
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from edge_app.config import AggregateConfig
 from edge_app.emotions import EMOTIONS
 from edge_app.pipeline.track import Tracker
-from edge_app.publish.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.messages import EmotionsMessage, StatsMessage
 
 LEFT = np.array([10.0, 10.0, 110.0, 110.0])
 RIGHT = np.array([300.0, 50.0, 400.0, 150.0])

@@ -55,7 +55,7 @@ def test_faces_mode_with_flip_average_averages(tiny_model, tmp_path, capsys) -> 
 
     data = load_dataset(tiny_model["data"]).split("test")
     plain, averaged = EmotionClassifier(tiny_model["int8"]), EmotionClassifier(tiny_model["int8"], flip_average=True)
-    pipeline = FacePipeline(plain.crop_spec, min_face_px=0, max_faces=1)
+    pipeline = FacePipeline.for_small_faces(plain.crop_spec)
     faces, labels = [], []
     for image in data.images:
         features = landmark_features(pipeline.small_face_landmarks(image))  # as check computes them

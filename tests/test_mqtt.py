@@ -16,7 +16,8 @@ from pathlib import Path
 from mqtt_helpers import publisher, subscriber, wait_until
 
 from edge_app.emotions import EMOTIONS
-from edge_app.publish.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.messages import EmotionsMessage, StatsMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,8 @@ from mqtt_helpers import (
 )
 
 from edge_app.emotions import EMOTIONS
-from edge_app.publish.aggregate import StatsMessage, WindowAggregator
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.messages import StatsMessage
 from edge_app.publish.mqtt import MAX_INFLIGHT
 from edge_app.publish.queue import WindowQueue
 

@@ -18,7 +18,7 @@ from media_helpers import write_video
 from mqtt_helpers import Subscriber
 
 from edge_app.emotions import EMOTIONS
-from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
+from edge_app.publish.messages import EmotionsMessage, StatsMessage
 
 FRAMES = 40
 # Home Assistant discovery config keys the publisher may use.

@@ -11,7 +11,8 @@ import pytest
 from mqtt_helpers import assert_complete_in_order, publisher, subscriber, wait_until, windows
 
 from edge_app.emotions import EMOTIONS
-from edge_app.publish.aggregate import EmotionsMessage, WindowAggregator
+from edge_app.publish.aggregate import WindowAggregator
+from edge_app.publish.messages import EmotionsMessage
 from edge_app.publish.queue import QueueDirError, WindowQueue, queue_directory
 from edge_app.publish.reconnect import STABLE_S, ReconnectPolicy
 

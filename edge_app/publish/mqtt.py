@@ -27,8 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
-from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
 from edge_app.publish.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
+from edge_app.publish.messages import EmotionsMessage, StatsMessage
 from edge_app.publish.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
 from edge_app.publish.queue import WindowQueue, queue_directory
 from edge_app.publish.reconnect import ReconnectPolicy
