@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_app.config import MqttConfig
 from edge_app.emotions import EMOTIONS
 from edge_app.publish.aggregate import WindowAggregator
 from edge_app.publish.messages import EmotionsMessage
@@ -81,9 +82,12 @@ def close_all(made: list) -> None:
         client.close(**({"timeout": 1.0} if isinstance(client, MqttPublisher) else {}))
 
 
-def publisher(clients: list, broker, **options) -> MqttPublisher:
-    options = {"device": "testcam", "host": broker.host, "port": broker.port, **FAST, **options}
-    made = MqttPublisher(**options)
+def publisher(clients: list, broker, device: str = "testcam", classes=EMOTIONS, queue=None, switch=None,
+              **settings) -> MqttPublisher:
+    """A publisher to ``broker``; ``settings`` are ``mqtt`` config keys (fast reconnection unless given)."""
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
+    section = MqttConfig(host=broker.host, port=broker.port, **{**FAST, **settings})
+    made = MqttPublisher(section, device, classes=classes, queue=queue, switch=switch)
     clients.append(made)
     return made
 

@@ -88,9 +88,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         broker = Broker(Path(folder))
         broker.start()
-        publisher = MqttPublisher(device="bench", host=broker.host, port=broker.port, discovery=False,
-                                  reconnect_probe_s=shipped.reconnect_probe_s, reconnect_min_s=shipped.reconnect_min_s,
-                                  reconnect_max_s=shipped.reconnect_max_s)
+        publisher = MqttPublisher(shipped.model_copy(update={"host": broker.host, "port": broker.port,
+                                                             "discovery": False}), "bench")
         assert wait_until(lambda: publisher.connected, timeout=10)
         messages = iter(windows(sum(OUTAGES_S.values())))
         runs = []

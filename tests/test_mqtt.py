@@ -73,8 +73,10 @@ def test_last_will_marks_offline_when_the_process_is_killed(mosquitto, clients):
     sub = subscriber(clients, broker, ["emotion/killed/status"])
     script = (
         "import time\n"
+        "from edge_app.config import MqttConfig\n"
         "from edge_app.publish.mqtt import MqttPublisher\n"
-        f"p = MqttPublisher(device='killed', host='{broker.host}', port={broker.port}, discovery=False, keepalive=5)\n"
+        f"settings = MqttConfig(host='{broker.host}', port={broker.port}, discovery=False, keepalive=5)\n"
+        "p = MqttPublisher(settings, 'killed')\n"
         "deadline = time.monotonic() + 10\n"
         "while not p.connected and time.monotonic() < deadline:\n"
         "    time.sleep(0.05)\n"

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from mqtt_helpers import make_certificates, publisher, subscriber, wait_until, windows
 
-from edge_app.config import ConfigError, load_config
+from edge_app.config import ConfigError, MqttConfig, load_config
 from edge_app.publish.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
 
 PASSWORD = "s3cret-Pa55word"
@@ -109,10 +109,8 @@ def test_tls_without_a_ca_file_is_a_config_error() -> None:
 
 
 def test_system_trust_store_is_accepted_and_a_missing_ca_file_is_named(tmp_path):
-    settings = dict(device="cam", host="127.0.0.1", port=9, prefix="emotion", qos=1, client_id=None, username=None,
-                    password=None, tls=True, cert_file=None, key_file=None, tls_insecure=False, keepalive=30,
-                    buffer_size=4, reconnect_min_s=1, reconnect_max_s=2, discovery=False,
-                    discovery_prefix="homeassistant")
-    MqttPublisher(ca_file="system", **settings).close(timeout=0.5)
+    settings = dict(host="127.0.0.1", port=9, tls=True, buffer_size=4, reconnect_min_s=1, reconnect_max_s=2,
+                    discovery=False)
+    MqttPublisher(MqttConfig(ca_file="system", **settings), "cam").close(timeout=0.5)
     with pytest.raises(MqttError, match="mqtt.ca_file: file not found: .*nope.pem"):
-        MqttPublisher(ca_file=str(tmp_path / "nope.pem"), **settings)
+        MqttPublisher(MqttConfig(ca_file=str(tmp_path / "nope.pem"), **settings), "cam")

@@ -19,13 +19,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_app.config import SYSTEM_CA
+from edge_app.config import SYSTEM_CA, MqttConfig
 from edge_app.emotions import EMOTIONS
 from edge_app.publish.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
 from edge_app.publish.messages import EmotionsMessage, StatsMessage
@@ -37,6 +35,7 @@ from edge_app.publish.sensing import SensingSwitch
 log = logging.getLogger(__name__)
 
 NOT_AUTHORISED = "MQTT authentication failed: the broker refused mqtt.username/mqtt.password (not authorised)"
+DEVICE_MODEL = "edge-emotion"  # the device's model name in Home Assistant
 MAX_INFLIGHT = 20  # unacknowledged messages on the wire; the rest wait in the bounded buffer
 LOOP_S = 0.05  # the network thread's longest wait for socket events: how soon it sees a new message to send
 AUTH_REASONS = {"Not authorized", "Bad user name or password"}
@@ -70,47 +69,24 @@ class MqttPublisher:
     ``queue`` (on disk when it has a directory) from ``publish_emotions`` until the broker acknowledged it.
     """
 
-    def __init__(
-        self,
-        *,
-        device: str,
-        host: str = "localhost",
-        port: int = 1883,
-        prefix: str = "emotion",
-        qos: int = 1,
-        client_id: str | None = None,
-        username: str | None = None,
-        password: Any = None,
-        tls: bool = False,
-        ca_file: str | Path | None = None,
-        cert_file: str | Path | None = None,
-        key_file: str | Path | None = None,
-        tls_insecure: bool = False,
-        keepalive: int = 30,
-        buffer_size: int = 1000,
-        reconnect_probe_s: float = 1,
-        reconnect_min_s: float = 1,
-        reconnect_max_s: float = 60,
-        queue: WindowQueue | None = None,
-        discovery: bool = True,
-        discovery_prefix: str = "homeassistant",
-        classes: Sequence[str] = EMOTIONS,
-        model: str = "edge-emotion",
-        sw_version: str | None = None,
-        switch: SensingSwitch | None = None,
-    ) -> None:
+    def __init__(self, settings: MqttConfig, device: str, *, classes: Sequence[str] = EMOTIONS,
+                 queue: WindowQueue | None = None, sw_version: str | None = None,
+                 switch: SensingSwitch | None = None) -> None:
+        """``settings``: the ``mqtt`` config section (its ``queue_dir`` is ``from_config``'s); ``queue``: where
+        unacknowledged windows wait (memory only when None); ``switch``: the privacy switch, commanded over MQTT."""
+        prefix, discovery_prefix = settings.prefix, settings.discovery_prefix
         topic_parts = (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix))
         for name, value in topic_parts:
             if not value or any(c in value for c in "+#") or (name == "device.id" and "/" in value):
                 raise MqttError(f"{name}: {value!r} cannot be used in an MQTT topic")
         self.device = device
-        self.host = host
-        self.port = port
-        self.qos = qos
+        self.host = settings.host
+        self.port = settings.port
+        self.qos = settings.qos
         self.classes = tuple(classes)
-        self.discovery = discovery
+        self.discovery = settings.discovery
         self.discovery_prefix = discovery_prefix
-        self.model = model
+        self.model = DEVICE_MODEL
         self.sw_version = sw_version or package_version()
         self.emotions_topic = f"{prefix}/{device}/emotions"
         self.stats_topic = f"{prefix}/{device}/stats"
@@ -124,31 +100,32 @@ class MqttPublisher:
         self.last_error: str | None = None
         self._was_connected = False
         self._socket_error: str | None = None
-        self._ca = "the system trust store" if ca_file in (None, SYSTEM_CA) else f"mqtt.ca_file {ca_file}"
+        self._ca = ("the system trust store" if settings.ca_file in (None, SYSTEM_CA)
+                    else f"mqtt.ca_file {settings.ca_file}")
 
         self._cond = threading.Condition()
         self._buffer: deque[Outgoing] = deque()
-        self._buffer_size = buffer_size
+        self._buffer_size = settings.buffer_size
         self._control: deque[Outgoing] = deque()
         self._inflight: dict[int, Outgoing] = {}
         self._generation = 0
         self._closing = False  # close() is flushing: connect at once, retry every probe
         self._stop = False  # the network thread disconnects and ends
         self._hurry = False  # cut the wait before the next connection attempt short
-        self._policy = ReconnectPolicy(reconnect_probe_s, reconnect_min_s, reconnect_max_s)
+        self._policy = ReconnectPolicy(settings.reconnect_probe_s, settings.reconnect_min_s, settings.reconnect_max_s)
         self._retry_in: float | None = None  # the wait on_disconnect chose for the next attempt
         self._connected_at = 0.0
         self._refused = False
         self.queue = queue or WindowQueue()
         self._load_queue()
 
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edge-emotion-{device}")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id or f"edge-emotion-{device}")
         self.client.will_set(self.status_topic, "offline", qos=1, retain=True)
-        if username is not None:
-            secret = password.get_secret_value() if hasattr(password, "get_secret_value") else password
-            self.client.username_pw_set(username, secret)
-        if tls:
-            configure_tls(self.client, ca_file, cert_file, key_file, tls_insecure)
+        if settings.username is not None:
+            secret = settings.password.get_secret_value() if settings.password is not None else None
+            self.client.username_pw_set(settings.username, secret)
+        if settings.tls:
+            configure_tls(self.client, settings.ca_file, settings.cert_file, settings.key_file, settings.tls_insecure)
         self.client.max_inflight_messages_set(MAX_INFLIGHT)
         # With an (empty) external-loop hook paho never writes from the calling thread: every socket write happens
         # in loop(), in the network thread, so publish() is as safe from any thread as with paho's own loop_start.
@@ -158,26 +135,20 @@ class MqttPublisher:
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_log = self._on_log
-        self.client.connect_async(host, port, keepalive)  # only sets the address: the network thread connects
+        # Only sets the address: the network thread connects.
+        self.client.connect_async(settings.host, settings.port, settings.keepalive)
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
     @classmethod
-    def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None,
-                    keep_on_disk: bool = True, switch: SensingSwitch | None = None) -> MqttPublisher:
+    def from_config(cls, section: MqttConfig, device: str, classes: Sequence[str] = EMOTIONS,
+                    sw_version: str | None = None, keep_on_disk: bool = True,
+                    switch: SensingSwitch | None = None) -> MqttPublisher:
         """Build from the ``mqtt`` config section; ``keep_on_disk=False`` (a benchmark) leaves the queue folder,
         which belongs to the service, alone. ``switch``: the privacy switch, commanded over MQTT."""
         folder, origin = queue_directory(section.queue_dir) if keep_on_disk else (None, "memory")
-        return cls(
-            device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
-            client_id=section.client_id, username=section.username, password=section.password, tls=section.tls,
-            ca_file=section.ca_file, cert_file=section.cert_file, key_file=section.key_file,
-            tls_insecure=section.tls_insecure, keepalive=section.keepalive, buffer_size=section.buffer_size,
-            reconnect_probe_s=section.reconnect_probe_s, reconnect_min_s=section.reconnect_min_s,
-            reconnect_max_s=section.reconnect_max_s, queue=WindowQueue(folder, origin),
-            discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
-            sw_version=sw_version, switch=switch,
-        )
+        return cls(section, device, classes=classes, queue=WindowQueue(folder, origin), sw_version=sw_version,
+                   switch=switch)
 
     @property
     def next_seq(self) -> int:
