@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge_app import cli
-from edge_app.config import AppConfig, ConfigError, UniqueKeyLoader, default_device_id, load_config
+from edge_app.config import AppConfig, ConfigError, default_device_id, load_config
+from edge_app.config_text import UniqueKeyLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 
