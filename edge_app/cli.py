@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("edge_app.service", "watch the camera and publish aggregated emotions over MQTT (the service)"),
-    "check": ("edge_app.check", "measure the deployed model's accuracy on labelled faces on this device"),
-    "annotate": ("edge_app.annotate", "draw faces and emotions onto photos or a video (stays on this machine)"),
-    "bench": ("edge_app.bench", "time each pipeline stage on this device and print JSON"),
-    "ui": ("edge_app.ui", "local web page: upload a photo, see each face's emotions"),
+    "run": ("edge_app.commands.run", "watch the camera and publish aggregated emotions over MQTT (the service)"),
+    "check": ("edge_app.commands.check", "measure the deployed model's accuracy on labelled faces on this device"),
+    "annotate": ("edge_app.commands.annotate", "draw faces and emotions onto photos or a video (stays here)"),
+    "bench": ("edge_app.commands.bench", "time each pipeline stage on this device and print JSON"),
+    "ui": ("edge_app.commands.ui", "local web page: upload a photo, see each face's emotions"),
 }
 USAGE_ERROR = 2
 

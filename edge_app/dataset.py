@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge_app.emotions import EMOTIONS, fer_label_map
-from edge_app.sources import ImageError, read_image
+from edge_app.pipeline.capture import ImageError, read_image
 
 log = logging.getLogger(__name__)
 

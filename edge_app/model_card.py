@@ -16,9 +16,9 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge_app.mediapipe_assets import sha256_file
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec
-from edge_app.runtime import ModelLoadError
+from edge_app.pipeline.mediapipe_assets import sha256_file
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES, CropSpec, face_input
+from edge_app.pipeline.runtime import ModelLoadError
 
 FACE_INPUT = "face"
 LANDMARK_INPUT = "landmarks"
@@ -28,15 +28,13 @@ DEVICE_INPUTS: dict[str, tuple[int, ...]] = {
     LANDMARK_INPUT: (LANDMARK_FEATURES,),
 }
 DEFAULT_MODEL_NAME = "fer_fusion_int8.tflite"
-# Keys of ModelCard.files, one per file convert/quantize.py (or the Edge TPU compiler) makes.
-FILE_KINDS = ("keras", "int8", "float16", "edgetpu_ready", "edgetpu")
 
 
 def float_model_inputs(faces: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
     """The float (Keras) model's feed, keyed by input name: uint8 faces (N, 48, 48) scaled to [0, 1] and
     landmark features (N, F). Training, evaluation, conversion and Grad-CAM all feed it through this one function.
     """
-    return {FACE_INPUT: faces[..., None].astype(np.float32) / 255.0, LANDMARK_INPUT: features.astype(np.float32)}
+    return {FACE_INPUT: face_input(faces), LANDMARK_INPUT: features.astype(np.float32)}
 
 
 class ModelError(ModelLoadError):
@@ -51,6 +49,8 @@ class CardFile(BaseModel):
     sha256: str
     size_bytes: int
     accuracy: Optional[float] = None  # noqa: UP045 (pydantic evaluates it at run time; Python 3.9 lacks X | None)
+    # Where ``accuracy`` was measured, or why there is none (the Edge TPU build cannot run on the converting machine).
+    note: Optional[str] = None  # noqa: UP045
 
 
 class InputSpec(BaseModel):
@@ -107,13 +107,14 @@ class ModelCard(BaseModel):
         path.write_text(json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n")
 
 
-def describe_file(path: Path, card_dir: Path, accuracy: float | None = None) -> CardFile:
+def describe_file(path: Path, card_dir: Path, accuracy: float | None = None, note: str | None = None) -> CardFile:
     """A card entry for ``path`` (its name relative to the card's directory, sha256 and size)."""
     return CardFile(
         file=Path(path).resolve().relative_to(card_dir.resolve()).as_posix(),
         sha256=sha256_file(path),
         size_bytes=Path(path).stat().st_size,
         accuracy=accuracy,
+        note=note,
     )
 
 

@@ -65,6 +65,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, fer_data_path: Path) ->
     converted = run_script(
         "convert/quantize.py", "--model", paths["keras"], "--out", paths["models"], "--data", paths["data"],
         "--cache-dir", paths["cache"], "--calibration-size", "100", "--max-accuracy-drop", "5",
+        "--max-device-path-drop", "10",  # 280 faces: a few that flip move the device path's figure by points
     )
     assert converted.returncode == 0, converted.stderr[-3000:]
     (base / "done").write_text(converted.stdout)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.sources import demo_image
+from edge_app.pipeline.capture import demo_image
 
 
 def demo_face_bgr() -> np.ndarray:

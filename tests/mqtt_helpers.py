@@ -15,9 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_app.aggregate import EmotionsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import MqttPublisher
+from edge_app.publish.aggregate import EmotionsMessage, WindowAggregator
+from edge_app.publish.mqtt import MqttPublisher
 
 FAST = {"reconnect_probe_s": 0.1, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5}
 

@@ -30,7 +30,7 @@ from conftest import MOSQUITTO, Broker
 from mqtt_helpers import Subscriber, wait_until, windows
 
 from edge_app.config import MqttConfig
-from edge_app.mqtt import MqttPublisher
+from edge_app.publish.mqtt import MqttPublisher
 
 OUTAGES_S = {1: 5, 2: 5, 5: 3, 10: 3, 30: 1, 60: 1}  # outage length: repeats
 LIMIT_S = 30.0

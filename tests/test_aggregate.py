@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 from edge_app.config import AggregateConfig
 from edge_app.emotions import EMOTIONS
-from edge_app.tracker import Tracker
+from edge_app.pipeline.track import Tracker
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 
 LEFT = np.array([10.0, 10.0, 110.0, 110.0])
 RIGHT = np.array([300.0, 50.0, 400.0, 150.0])
@@ -106,6 +106,18 @@ def test_stats_schema_rejects_extra_fields():
         StatsMessage.model_validate(payload)
 
 
+def test_windows_and_stats_say_whether_sensing_was_on():
+    aggregator = WindowAggregator(EMOTIONS, 1.0, "cam1", now=0.0)
+    assert aggregator.flush(1.0).sensing is True
+    paused = aggregator.flush(2.0, sensing=False)
+    assert (paused.sensing, paused.frames, paused.dominant) == (False, 0, None)
+    stats = aggregator.stats(2.0, buffered_messages=0, dropped_messages=0, delegate="cpu", source_state="off",
+                             sensing=False)
+    assert stats.model_dump()["sensing"] is False
+    with pytest.raises(ValidationError):
+        EmotionsMessage.model_validate({**paused.model_dump(), "sensing": "a frame"})
+
+
 def test_a_bad_window_length_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="aggregate.window_s"):
         WindowAggregator(EMOTIONS, 0.0, "cam1")
@@ -114,7 +126,7 @@ def test_a_bad_window_length_is_an_error_naming_the_key():
 def test_a_serialised_window_has_exactly_the_schema_keys():
     payload = valid_payload()
     assert set(payload) == {"seq", "ts", "device", "window_s", "frames", "fps", "faces", "tracks_seen", "emotions",
-                            "dominant", "tracks"}
+                            "dominant", "tracks", "sensing"}
     assert set(payload["emotions"]) == set(EMOTIONS)
     (track,) = payload["tracks"]
     assert set(track) == {"id", "dominant", "confidence", "probabilities", "seconds_seen"}

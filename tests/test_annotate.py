@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from media_helpers import demo_face_bgr, write_video
 
-from edge_app.annotate import FaceResult, draw_faces
-from edge_app.sources import demo_image, read_image
+from edge_app.commands.annotate import FaceResult, draw_faces
+from edge_app.pipeline.capture import demo_image, read_image
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

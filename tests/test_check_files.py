@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from edge_app import check
+from edge_app.commands import check
 from edge_app.config import load_config
 
 ASTRONAUT = skimage.data.astronaut()

@@ -9,10 +9,10 @@ import pytest
 from skimage import data
 from train_helpers import run_script, small_fer
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.config import load_config
-from edge_app.faces import FacePipeline
 from edge_app.model_card import ModelError, load_card
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline
 
 SUBSET = ("happy", "sad", "surprise", "neutral")
 
@@ -27,7 +27,7 @@ def test_four_class_model_from_training_to_the_device(tmp_path: Path, fer_data_p
     assert trained.returncode == 0, trained.stderr[-3000:]
     converted = run_script(
         "convert/quantize.py", "--model", run / "model.keras", "--out", models, "--data", fer,
-        "--cache-dir", cache, "--calibration-size", "40", "--max-accuracy-drop", "100",
+        "--cache-dir", cache, "--calibration-size", "40", "--max-accuracy-drop", "100", "--max-device-path-drop", "100",
     )
     assert converted.returncode == 0, converted.stderr[-3000:]
     card = load_card(models / "fer_fusion.card.json")

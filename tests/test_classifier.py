@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.model_card import ModelError, default_model_path, load_card
-from edge_app.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.preprocess import LANDMARK_FEATURES, landmark_features, mirror_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +51,29 @@ def test_predicts_probabilities_with_the_cards_preprocessing(tiny_model, test_fa
     batch = classifier.predict_batch(faces, features)
     assert batch.shape == (len(faces), 7)
     np.testing.assert_allclose(batch[0], probs)
-    # The landmark input matters: a face without landmarks gets a different answer.
-    without = classifier.predict(faces[0], landmark_features(None))
-    assert np.abs(without - probs).max() > 0 or features[0][-1] == 0
+
+
+def test_shipped_int8_classifier_gives_the_float_models_answers_and_uses_both_inputs(test_faces) -> None:
+    """The device's feed (pixel scaling, inputs bound by name) is the one the model was trained with: on real faces
+    the shipped int8 classifier gives the Keras model's probabilities within int8 rounding, and taking away either
+    input moves them further than that rounding (the landmarks a little: they are worth 0.8 points)."""
+    import keras
+
+    from edge_app.model_card import float_model_inputs
+
+    classifier = EmotionClassifier()
+    model = keras.models.load_model(ROOT / "models" / "fer_fusion.keras")
+    faces, features, _ = test_faces
+    reference = model.predict(float_model_inputs(faces, features), verbose=0)
+    probs = classifier.predict_batch(faces, features)
+    rounding = float(np.abs(probs - reference).mean())
+    assert rounding < 0.01 and np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.9
+    found = features[:, -1] == 1
+    assert found.sum() >= 10
+    no_landmarks = classifier.predict_batch(faces[found], np.stack([landmark_features(None)] * int(found.sum())))
+    grey_faces = classifier.predict_batch(np.full_like(faces[found], 128), features[found])
+    for changed in (no_landmarks, grey_faces):
+        assert np.abs(changed - probs[found]).mean() > 2 * rounding
 
 
 def test_flip_average_is_the_mean_of_the_face_and_its_mirror(tiny_model, test_faces) -> None:
@@ -160,7 +180,15 @@ def test_edgetpu_model_is_checked_and_needs_the_library(models: Path, caplog) ->
     registered = subprocess.run([sys.executable, "convert/quantize.py", "--register-edgetpu", str(compiled)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert registered.returncode == 0, registered.stderr
-    assert load_card(models / "fer_fusion.card.json").files["edgetpu"].file == compiled.name
+    entry = load_card(models / "fer_fusion.card.json").files["edgetpu"]
+    assert entry.file == compiled.name
+    # Nothing ran on an Edge TPU here: the card says so instead of repeating the CPU's figure.
+    assert entry.accuracy is None and entry.note.startswith("accuracy not measured")
+    measured = subprocess.run([sys.executable, "convert/quantize.py", "--register-edgetpu", str(compiled),
+                               "--edgetpu-accuracy", "0.655"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert measured.returncode == 0, measured.stderr
+    entry = load_card(models / "fer_fusion.card.json").files["edgetpu"]
+    assert entry.accuracy == 0.655 and "measured by `edge-emotion check` on an Edge TPU" in entry.note
     # No libedgetpu here: the runtime says so once and the CPU model runs.
     classifier = EmotionClassifier(models / "fer_fusion_int8.tflite", delegate="edgetpu")
     assert classifier.delegate_in_use == "cpu" and classifier.model_path.name == "fer_fusion_int8.tflite"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from skimage import data, io
 
-from edge_app.face_detection import FaceDetector
-from edge_app.face_mesh import FaceMesh, roi_from_detection, roi_from_landmarks
-from edge_app.geometry import iou_matrix
-from edge_app.mediapipe_assets import FACE_DETECTOR, KNOWN_SHA256, mediapipe_model, verified
-from edge_app.runtime import ModelLoadError, TFLiteModel
+from edge_app.pipeline.detect import FaceDetector
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.landmarks import FaceMesh, roi_from_detection, roi_from_landmarks
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, KNOWN_SHA256, mediapipe_model, verified
+from edge_app.pipeline.runtime import ModelLoadError, TFLiteModel
 
 mp = pytest.importorskip("mediapipe", reason="mediapipe's Python API is needed to cross-check")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mqtt_helpers import Subscriber
 
-from edge_app.mediapipe_assets import FACE_DETECTOR, mediapipe_model, sha256_file
 from edge_app.model_card import default_model_path
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, mediapipe_model, sha256_file
 
 MODELS = default_model_path().parent
 INT8 = "fer_fusion_int8.tflite"

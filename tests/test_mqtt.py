@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mqtt_helpers import publisher, subscriber, wait_until
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage, WindowAggregator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,9 @@ def test_topics_retained_status_discovery_and_payload_shapes(mosquitto, clients)
     assert sub.wait_for(lambda: sub.on("emotion/testcam/emotions"))
     pub.publish_stats(aggregator.stats(1.0, buffered_messages=pub.buffered, dropped_messages=pub.dropped,
                                        delegate="cpu", source_state="streaming"))
+    # discovery: the dominant-emotion and faces sensors and one per class (tests/test_homeassistant.py has the rest)
     assert sub.wait_for(lambda: sub.on("emotion/testcam/stats") and len(
-        [t for t, _, _ in sub.messages if t.startswith("homeassistant/")]) == 1 + len(EMOTIONS))
+        [t for t, p, _ in sub.messages if t.startswith("homeassistant/") and p]) == 2 + len(EMOTIONS))
 
     assert sub.on("emotion/testcam/status")[-1] == b"online"
     emotions = EmotionsMessage.model_validate_json(sub.on("emotion/testcam/emotions")[0])
@@ -45,7 +46,8 @@ def test_topics_retained_status_discovery_and_payload_shapes(mosquitto, clients)
     happy = json.loads(sub.on("homeassistant/sensor/testcam/happy/config")[0])
     for config in (dominant, happy):
         assert config["state_topic"] == "emotion/testcam/emotions"
-        assert config["availability_topic"] == "emotion/testcam/status"
+        assert config["availability"] == [{"topic": "emotion/testcam/status", "payload_available": "online",
+                                           "payload_not_available": "offline"}]
         assert config["device"]["identifiers"] and config["device"]["name"] and config["device"]["sw_version"]
         assert config["unique_id"].startswith("testcam_")
     assert happy["unit_of_measurement"] == "%"
@@ -54,7 +56,7 @@ def test_topics_retained_status_discovery_and_payload_shapes(mosquitto, clients)
 
     late = subscriber(clients, broker, ["emotion/testcam/status", "homeassistant/#"])
     assert late.wait_for(lambda: late.on("emotion/testcam/status") == [b"online"]
-                         and len(late.messages) == 2 + len(EMOTIONS)), "status and discovery must be retained"
+                         and len(late.messages) == 3 + len(EMOTIONS)), "status and discovery must be retained"
     assert all(retain for _, _, retain in late.messages)
 
     pub.close(timeout=2.0)
@@ -70,7 +72,7 @@ def test_last_will_marks_offline_when_the_process_is_killed(mosquitto, clients):
     sub = subscriber(clients, broker, ["emotion/killed/status"])
     script = (
         "import time\n"
-        "from edge_app.mqtt import MqttPublisher\n"
+        "from edge_app.publish.mqtt import MqttPublisher\n"
         f"p = MqttPublisher(device='killed', host='{broker.host}', port={broker.port}, discovery=False, keepalive=5)\n"
         "deadline = time.monotonic() + 10\n"
         "while not p.connected and time.monotonic() < deadline:\n"

@@ -21,10 +21,10 @@ from mqtt_helpers import (
     windows,
 )
 
-from edge_app.aggregate import StatsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt import MAX_INFLIGHT
-from edge_app.publish_queue import WindowQueue
+from edge_app.publish.aggregate import StatsMessage, WindowAggregator
+from edge_app.publish.mqtt import MAX_INFLIGHT
+from edge_app.publish.queue import WindowQueue
 
 
 def test_broker_down_at_start_buffers_then_delivers_in_order(mosquitto, clients):

@@ -13,7 +13,7 @@ import pytest
 from mqtt_helpers import make_certificates, publisher, subscriber, wait_until, windows
 
 from edge_app.config import ConfigError, load_config
-from edge_app.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
+from edge_app.publish.mqtt import NOT_AUTHORISED, MqttError, MqttPublisher
 
 PASSWORD = "s3cret-Pa55word"
 

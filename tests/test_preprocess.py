@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from skimage import data
 
 from edge_app.config import load_config
-from edge_app.faces import FacePipeline, FrameError, as_rgb8
-from edge_app.preprocess import (
+from edge_app.pipeline.faces import FacePipeline, FrameError, as_rgb8
+from edge_app.pipeline.preprocess import (
     CROP_SIZE,
     LANDMARK_FEATURES,
     CropSpec,

@@ -17,15 +17,16 @@ import skimage.data
 from media_helpers import write_video
 from mqtt_helpers import Subscriber
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.emotions import EMOTIONS
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
 
 FRAMES = 40
 # Home Assistant discovery config keys the publisher may use.
 DISCOVERY_KEYS = {"name", "unique_id", "object_id", "state_topic", "value_template", "unit_of_measurement", "icon",
                   "availability_topic", "payload_available", "payload_not_available", "device", "state_class",
                   "suggested_display_precision", "json_attributes_topic", "json_attributes_template", "expire_after",
-                  "qos"}
+                  "qos", "availability", "origin", "device_class", "options", "command_topic", "payload_on",
+                  "payload_off", "state_on", "state_off", "optimistic", "retain"}
 BASE64_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{64,}")
 # 8 or more numbers in a row, separated by commas, spaces, brackets or line breaks: a vector, pixels, or landmark
 # coordinates, also as numpy prints them over several lines or summarised with '...'.
@@ -56,7 +57,8 @@ def assert_small_values(value: object, key: str = "") -> None:
             assert_small_values(name, key)
             assert_small_values(item, f"{key}.{name}")
     elif isinstance(value, list):
-        assert key.endswith("tracks") or len(value) <= len(EMOTIONS), key
+        # (the enum sensor's options: the classes and "none")
+        assert key.endswith("tracks") or len(value) <= len(EMOTIONS) + key.endswith("options"), key
         assert not any(isinstance(item, (int, float)) for item in value), key
         for item in value:
             assert_small_values(item, key)
@@ -109,13 +111,17 @@ def test_nothing_but_aggregates_leaves_a_run_over_a_real_video(mosquitto, tmp_pa
         if topic == "emotion/testcam/status":
             assert text in ("online", "offline")
             continue
+        if topic == "emotion/testcam/sensing":  # the privacy switch's state
+            assert text == "ON"
+            continue
         value = json.loads(text)
         if topic == "emotion/testcam/emotions":
             windows.append(EmotionsMessage.model_validate(value))  # strict: an extra field would fail
         elif topic == "emotion/testcam/stats":
             StatsMessage.model_validate(value)
         else:
-            assert topic.startswith("homeassistant/sensor/testcam/") and topic.endswith("/config"), topic
+            assert topic.startswith(("homeassistant/sensor/testcam/", "homeassistant/switch/testcam/")), topic
+            assert topic.endswith("/config"), topic
             assert set(value) <= DISCOVERY_KEYS, set(value) - DISCOVERY_KEYS
         assert_small_values(value)
     assert sum(w.frames for w in windows) == FRAMES and windows[0].dominant == "happy"

@@ -10,10 +10,10 @@ import sys
 import pytest
 from mqtt_helpers import assert_complete_in_order, publisher, subscriber, wait_until, windows
 
-from edge_app.aggregate import EmotionsMessage, WindowAggregator
 from edge_app.emotions import EMOTIONS
-from edge_app.publish_queue import QueueDirError, WindowQueue, queue_directory
-from edge_app.reconnect import STABLE_S, ReconnectPolicy
+from edge_app.publish.aggregate import EmotionsMessage, WindowAggregator
+from edge_app.publish.queue import QueueDirError, WindowQueue, queue_directory
+from edge_app.publish.reconnect import STABLE_S, ReconnectPolicy
 
 TOPIC = "emotion/testcam/emotions"
 
@@ -90,7 +90,7 @@ def test_a_corrupt_truncated_or_misnamed_file_is_set_aside_in_one_line_and_the_r
     (folder / "0000000003.json").write_bytes(b"\x00\xff garbage")
     (folder / "0000000004.json").write_bytes((folder / "0000000005.json").read_bytes())  # holds seq 5
     (folder / ".0000000006.json.tmp").write_bytes(whole[:10])  # a write cut before its rename
-    with caplog.at_level(logging.INFO, logger="edge_app.publish_queue"):
+    with caplog.at_level(logging.INFO, logger="edge_app.publish.queue"):
         reopened = WindowQueue(folder)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 3 and all("set aside as" in e and "\n" not in e for e in errors), errors
@@ -109,7 +109,7 @@ def test_an_unreadable_last_seq_is_set_aside_and_the_windows_still_give_the_next
         queue.add(message.seq, message.model_dump_json().encode())
     queue.remove(3)  # the newest: last_seq is written
     (folder / "last_seq").write_bytes(b"\x00\x00")
-    with caplog.at_level(logging.ERROR, logger="edge_app.publish_queue"):
+    with caplog.at_level(logging.ERROR, logger="edge_app.publish.queue"):
         assert WindowQueue(folder).next_seq == 3
     assert len(caplog.records) == 1 and "last_seq" in caplog.records[0].getMessage()
     assert (folder / "last_seq.corrupt").exists()

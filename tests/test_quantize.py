@@ -1,15 +1,17 @@
-"""convert/quantize.py on a tiny real model: the report, the card checksums, and the accuracy-drop gate."""
+"""convert/quantize.py on a tiny real model: the report, the card checksums, and both gates (int8 against float, the
+device path against the crop path)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
-from train_helpers import TEST_PER_CLASS, run_script
+from train_helpers import ROOT, TEST_PER_CLASS, run_script
 
-from edge_app.mediapipe_assets import sha256_file
 from edge_app.model_card import load_card
+from edge_app.pipeline.mediapipe_assets import sha256_file
 
 
 def test_report_has_sane_figures(tiny_model: dict[str, Path]) -> None:
@@ -33,6 +35,65 @@ def test_report_has_sane_figures(tiny_model: dict[str, Path]) -> None:
     assert "| int8 (`fer_fusion_int8.tflite`)" in table and "passed" in table
 
 
+def test_report_and_card_measure_the_device_path(tiny_model: dict[str, Path]) -> None:
+    report = json.loads(tiny_model["report"].read_text())
+    device = report["device_path"]
+    assert device["n"] == report["n"] and device["passed"] is True and report["int8_passed"] is True
+    # The landmark cache finds ~95% of FER-2013 faces in the same upscaled frame.
+    assert 0.8 <= device["face_found_rate"] <= 1 and device["n_found"] == round(device["face_found_rate"] * device["n"])
+    assert device["accuracy"] > 0.2 and 0 < device["macro_f1"] <= 1
+    assert device["accuracy_counting_misses"] <= device["accuracy"]
+    assert device["drop_points"] == round(100 * (device["crop_accuracy_same_faces"] - device["accuracy"]), 2)
+    card = load_card(tiny_model["card"])
+    assert card.metrics["device_path"] == {k: device[k] for k in card.metrics["device_path"]}
+    assert {"accuracy", "macro_f1", "face_found_rate", "n"} <= set(card.metrics["device_path"])
+    assert "Device path" in (tiny_model["models"] / "quantization_report.md").read_text()
+
+
+def test_a_wrong_crop_spec_fails_the_device_path_gate(tiny_model: dict[str, Path], tmp_path: Path) -> None:
+    """The crop path never reads the card's crop spec, the device does: with the crop framed on the chin instead of
+    the face, the shipped model (which reads the face; the tiny one leans on landmarks) must lose accuracy on the
+    device path only, and the conversion must stop with the int8 gate passed."""
+    shutil.copyfile(ROOT / "models" / "fer_fusion.keras", tmp_path / "fer_fusion.keras")
+    card = json.loads((ROOT / "models" / "fer_fusion.card.json").read_text())
+    card["preprocessing"]["crop"] = {"size_iod": 1.5, "centre_below_eyes_iod": 1.6}
+    (tmp_path / "fer_fusion.card.json").write_text(json.dumps({**card, "files": {}}))
+    out = tmp_path / "models"
+    limit = 15  # points: 140 faces make the right spec's figure move a few points (it measured 4.6 here)
+    result = run_script(
+        "convert/quantize.py", "--model", tmp_path / "fer_fusion.keras", "--out", out, "--data", tiny_model["data"],
+        "--cache-dir", tiny_model["cache"], "--calibration-size", "100", "--limit", "140",
+        "--max-device-path-drop", str(limit),
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads((out / "quantization_report.json").read_text())
+    device = report["device_path"]
+    assert report["int8_passed"] is True and device["passed"] is False and report["passed"] is False
+    assert device["n"] == 140 and device["face_found_rate"] >= 0.8 and device["drop_points"] > limit
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"FAILED: device path accuracy {100 * device['accuracy']:.2f}% is "
+                              f"{device['drop_points']:.2f} points below the int8 crop path's")
+    assert sorted(p.name for p in out.iterdir()) == ["quantization_report.json", "quantization_report.md"]
+
+
+def test_device_path_figures_leave_out_faces_not_found_and_compare_the_same_faces() -> None:
+    from convert.device_path import device_path_report, sample_rows
+
+    labels = np.array([0, 1, 2, 0, 1])
+    device = np.array([0, 1, -1, 1, -1])  # -1: no face found
+    crop = np.array([0, 1, 2, 0, 0])
+    d = device_path_report(labels, device, crop, 3, max_drop=1.0)
+    assert (d["n"], d["n_found"], d["face_found_rate"]) == (5, 3, 0.6)
+    assert d["accuracy"] == 0.6667 and d["accuracy_counting_misses"] == 0.4
+    assert d["crop_accuracy_same_faces"] == 1.0 and d["crop_accuracy_all"] == 0.8
+    assert d["drop_points"] == 33.33 and d["passed"] is False
+    assert device_path_report(labels, crop, crop, 3, max_drop=1.0)["passed"] is True
+    assert device_path_report(labels, np.full(5, -1), crop, 3, max_drop=1.0)["passed"] is False  # nothing found
+    assert sample_rows(10, 0).tolist() == list(range(10)) and sample_rows(3, 5).tolist() == [0, 1, 2]
+    picked = sample_rows(100, 10)
+    assert len(set(picked)) == 10 and picked.tolist() == sorted(picked) == sample_rows(100, 10).tolist()
+
+
 def test_card_lists_every_file_with_its_checksum(tiny_model: dict[str, Path]) -> None:
     card = load_card(tiny_model["card"])
     report = json.loads(tiny_model["report"].read_text())
@@ -47,7 +108,7 @@ def test_card_lists_every_file_with_its_checksum(tiny_model: dict[str, Path]) ->
 
 
 def test_int8_model_is_fully_integer_and_edgetpu_ready_has_batch_one(tiny_model: dict[str, Path]) -> None:
-    from edge_app.runtime import TFLiteModel
+    from edge_app.pipeline.runtime import TFLiteModel
 
     for name, shapes in (("fer_fusion_int8.tflite", None), ("fer_fusion_int8_edgetpu_ready.tflite", 1)):
         model = TFLiteModel(tiny_model["models"] / name)

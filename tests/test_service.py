@@ -16,10 +16,11 @@ import skimage.data
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app import sdnotify
+from edge_app.app import build_pipeline
 from edge_app.config import load_config
-from edge_app.service import FrameProcessor, load_models
-from edge_app.tracker import Tracker
+from edge_app.pipeline.frames import FrameProcessor
+from edge_app.pipeline.track import Tracker
+from edge_app.publish import sdnotify
 
 
 def _run(port: int, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -50,7 +51,8 @@ def test_demo_run_publishes_status_emotions_stats_and_discovery(mosquitto, clien
         assert window["faces"] == 1 and window["dominant"] == "happy"  # the smiling astronaut
         assert abs(sum(window["emotions"].values()) - 1.0) < 0.01
         assert set(window) == {"seq", "ts", "device", "window_s", "frames", "fps", "faces", "tracks_seen",
-                               "emotions", "dominant", "tracks"}
+                               "emotions", "dominant", "tracks", "sensing"}
+        assert window["sensing"] is True
     stats = by_topic["emotion/testcam/stats"]
     assert stats and stats[-1]["delegate"] == "cpu" and stats[-1]["frames"] > 0
     assert any(topic.startswith("homeassistant/sensor/testcam/") for topic in by_topic)
@@ -228,7 +230,7 @@ def test_run_writes_nothing_to_disk(tmp_path) -> None:
 def test_frame_processor_times_detection_and_landmarks_separately() -> None:
     """Detection frames report the detector and Face Mesh apart; frames in between only follow (landmarks)."""
     config = load_config(None, ["detection.every_n_frames=3", "runtime.num_threads=1"], env={})
-    classifier, pipeline = load_models(config)
+    classifier, pipeline = build_pipeline(config)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking), every_n_frames=3)
     rgb = skimage.data.astronaut()
     results = [processor(rgb, now=float(i)) for i in range(4)]
@@ -245,7 +247,7 @@ def test_frame_processor_times_detection_and_landmarks_separately() -> None:
 
 def test_face_pipeline_adds_to_the_stage_times_it_is_given() -> None:
     config = load_config(None, ["runtime.num_threads=1"], env={})
-    _, pipeline = load_models(config)
+    _, pipeline = build_pipeline(config)
     rgb = skimage.data.astronaut()
     ms: dict[str, float] = {}
     faces = pipeline.detect(rgb, ms)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.mediapipe_assets import FACE_DETECTOR, FACE_LANDMARKER, KNOWN_SHA256, mediapipe_model, sha256_file
+from edge_app.pipeline.mediapipe_assets import (
+    FACE_DETECTOR,
+    FACE_LANDMARKER,
+    KNOWN_SHA256,
+    mediapipe_model,
+    sha256_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {FACE_DETECTOR: 229_714, FACE_LANDMARKER: 1_242_398}
@@ -54,7 +60,7 @@ def test_pyproject_keeps_the_device_install_lean() -> None:
     # Only the device package is installed: no top-level train/convert on a Pi.
     packages = project["tool"]["setuptools"]["packages"]
     assert all(p == "edge_app" or p.startswith("edge_app.") for p in packages), packages
-    assert "*.tflite" in project["tool"]["setuptools"]["package-data"]["edge_app.mediapipe_models"]
+    assert "*.tflite" in project["tool"]["setuptools"]["package-data"]["edge_app.pipeline.mediapipe_models"]
 
 
 def test_the_installed_metadata_has_the_same_lean_core() -> None:

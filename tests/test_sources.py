@@ -15,8 +15,7 @@ import pytest
 from media_helpers import write_video
 
 from edge_app.config import ConfigError, SourceConfig, load_config
-from edge_app.faces import FrameError
-from edge_app.sources import (
+from edge_app.pipeline.capture import (
     PICAMERA2_MISSING,
     STREAM_TIMEOUT_S,
     ImageError,
@@ -26,6 +25,7 @@ from edge_app.sources import (
     redact,
     resolve,
 )
+from edge_app.pipeline.faces import FrameError
 
 VIDEO_FRAMES = 12
 
@@ -178,7 +178,7 @@ def test_kind_is_inferred_from_the_uri(uri: str, kind: str) -> None:
 
 def test_without_pygobject_a_pipeline_is_refused_in_one_line_saying_what_to_install(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_app import gstreamer
+    from edge_app.pipeline import gstreamer
 
     monkeypatch.setitem(sys.modules, "gi", None)  # what an interpreter without PyGObject sees (CI has it)
     gstreamer.gst.cache_clear()

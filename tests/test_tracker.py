@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edge_app.config import TrackingConfig
-from edge_app.geometry import iou_matrix
-from edge_app.tracker import Track, Tracker
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.track import Track, Tracker
 
 LEFT = np.array([10.0, 10.0, 110.0, 110.0])
 RIGHT = np.array([300.0, 50.0, 400.0, 150.0])

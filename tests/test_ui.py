@@ -29,10 +29,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from edge_app import gradcam, ui
+from edge_app.commands import gradcam, ui
+from edge_app.commands.ui import PreviewApp, PreviewServer
 from edge_app.config import AppConfig
 from edge_app.emotions import DESCRIPTIONS
-from edge_app.ui import PreviewApp, PreviewServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -202,7 +202,7 @@ def test_a_failure_inside_is_a_json_error_not_a_dropped_connection(
 
 def test_importing_the_page_does_not_import_tensorflow() -> None:
     """The device install has no TensorFlow: only making a GradCam may import it."""
-    code = "import sys, edge_app.ui; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, edge_app.commands.ui; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -211,7 +211,7 @@ def test_main_listens_on_loopback_by_default_and_warns_elsewhere(
     monkeypatch.setattr(PreviewApp, "from_config", classmethod(lambda cls, config: app))
     bound = []
     monkeypatch.setattr(PreviewServer, "serve_forever", lambda self: bound.append(self.server_address[0]))
-    caplog.set_level(logging.INFO, logger="edge_app.ui")
+    caplog.set_level(logging.INFO, logger="edge_app.commands.ui")
     assert ui.main(argparse.Namespace(host=None, port=0), AppConfig()) == 0
     assert bound == ["127.0.0.1"] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert ui.main(argparse.Namespace(host="0.0.0.0", port=0), AppConfig()) == 0

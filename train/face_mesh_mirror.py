@@ -17,8 +17,8 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_app.face_detection import FaceDetector  # noqa: E402
-from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, roi_from_detection  # noqa: E402
+from edge_app.pipeline.detect import FaceDetector  # noqa: E402
+from edge_app.pipeline.landmarks import NUM_LANDMARKS, FaceMesh, roi_from_detection  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "edge_app" / "data" / "face_mesh_mirror.json"
 

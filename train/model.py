@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 from edge_app.model_card import FACE_INPUT, LANDMARK_INPUT
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES
 
 OUTPUT = "probabilities"
 BRANCHES = ("fusion", "cnn", "landmarks")

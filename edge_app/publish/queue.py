@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_app.aggregate import EmotionsMessage
+from edge_app.publish.aggregate import EmotionsMessage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The preview page: one self-contained HTML document (no external script, style, font or image).
 
-Its Content-Security-Policy (set by ``edge_app.ui``) lets it talk only to the server it came from, so a photo chosen
-here can go nowhere else. ``__MAX_UPLOAD_BYTES__`` and ``__MAX_UPLOAD_MB__`` are filled in by the server.
+Its Content-Security-Policy (set by ``edge_app.commands.ui``) lets it talk only to the server it came from, so a
+photo chosen here can go nowhere else. ``__MAX_UPLOAD_BYTES__`` and ``__MAX_UPLOAD_MB__`` are filled in by the server.
 """
 
 PAGE = """<!doctype html>

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_app.geometry import iou_matrix
-from edge_app.mediapipe_assets import FACE_DETECTOR, mediapipe_model
-from edge_app.runtime import TFLiteModel
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.mediapipe_assets import FACE_DETECTOR, mediapipe_model
+from edge_app.pipeline.runtime import TFLiteModel
 
 INPUT_SIZE = 128
 NUM_KEYPOINTS = 6  # right eye, left eye (the person's), nose tip, mouth, right ear, left ear

@@ -15,8 +15,8 @@ from importlib import resources
 import cv2
 import numpy as np
 
-from edge_app.face_mesh import NUM_LANDMARKS
-from edge_app.geometry import square_warp_matrix
+from edge_app.pipeline.geometry import square_warp_matrix
+from edge_app.pipeline.landmarks import NUM_LANDMARKS
 
 CROP_SIZE = 48
 # Eye centres from Face Mesh: the mean of each eye's two corners (the person's right eye first).
@@ -39,6 +39,15 @@ class CropSpec:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def face_input(crops: np.ndarray) -> np.ndarray:
+    """The emotion model's face input: uint8 crops (..., 48, 48) as float32 in [0, 1] with a channel axis.
+
+    The one place the pixel scaling is written: training, conversion, evaluation and the device's
+    classifier all feed faces through it, so they cannot drift apart.
+    """
+    return np.asarray(crops)[..., None].astype(np.float32) / 255.0
 
 
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

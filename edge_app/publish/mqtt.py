@@ -2,14 +2,15 @@
 
 Topics: ``<prefix>/<device>/emotions`` (one message per window), ``<prefix>/<device>/stats`` and
 ``<prefix>/<device>/status`` (retained ``online``/``offline``, ``offline`` also being the last will), plus retained Home
-Assistant discovery configs. While the broker is unreachable, emotion messages wait in a bounded buffer (and in the
-on-disk queue of ``publish_queue``, across restarts) and go out in order once it is back; a message counts as
-delivered only when the broker acknowledged it. When to reconnect is ``reconnect.ReconnectPolicy``'s decision.
+Assistant discovery configs (``homeassistant``) and the privacy switch: ``<prefix>/<device>/sensing/set`` takes
+``ON``/``OFF``, ``<prefix>/<device>/sensing`` holds the retained state. While the broker is unreachable, emotion
+messages wait in a bounded buffer (and in the on-disk queue of ``queue``, across restarts) and go out in order
+once it is back; a message counts as delivered only when the broker acknowledged it. When to reconnect is
+``reconnect.ReconnectPolicy``'s decision.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import threading
@@ -24,12 +25,14 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_app.aggregate import EmotionsMessage, StatsMessage
 from edge_app.config import SYSTEM_CA
 from edge_app.emotions import EMOTIONS
-from edge_app.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
-from edge_app.publish_queue import WindowQueue, queue_directory
-from edge_app.reconnect import ReconnectPolicy
+from edge_app.publish.aggregate import EmotionsMessage, StatsMessage
+from edge_app.publish.homeassistant import BIRTH_PAYLOAD, Device, birth_topic, discovery_messages
+from edge_app.publish.mqtt_tls import SSL_ERROR, MqttError, configure_tls, tls_problem
+from edge_app.publish.queue import WindowQueue, queue_directory
+from edge_app.publish.reconnect import ReconnectPolicy
+from edge_app.publish.sensing import SensingSwitch
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class MqttPublisher:
         classes: Sequence[str] = EMOTIONS,
         model: str = "edge-emotion",
         sw_version: str | None = None,
+        switch: SensingSwitch | None = None,
     ) -> None:
         topic_parts = (("device.id", device), ("mqtt.prefix", prefix), ("mqtt.discovery_prefix", discovery_prefix))
         for name, value in topic_parts:
@@ -111,6 +115,10 @@ class MqttPublisher:
         self.emotions_topic = f"{prefix}/{device}/emotions"
         self.stats_topic = f"{prefix}/{device}/stats"
         self.status_topic = f"{prefix}/{device}/status"
+        self.sensing_topic = f"{prefix}/{device}/sensing"
+        self.sensing_set_topic = f"{self.sensing_topic}/set"
+        self.birth_topic = birth_topic(discovery_prefix)
+        self.switch = switch
         self.connected = False
         self.dropped = 0
         self.last_error: str | None = None
@@ -148,6 +156,7 @@ class MqttPublisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
         self.client.on_log = self._on_log
         self.client.connect_async(host, port, keepalive)  # only sets the address: the network thread connects
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
@@ -155,9 +164,9 @@ class MqttPublisher:
 
     @classmethod
     def from_config(cls, section, device: str, classes: Sequence[str] = EMOTIONS, sw_version: str | None = None,
-                    keep_on_disk: bool = True) -> MqttPublisher:
+                    keep_on_disk: bool = True, switch: SensingSwitch | None = None) -> MqttPublisher:
         """Build from the ``mqtt`` config section; ``keep_on_disk=False`` (a benchmark) leaves the queue folder,
-        which belongs to the service, alone."""
+        which belongs to the service, alone. ``switch``: the privacy switch, commanded over MQTT."""
         folder, origin = queue_directory(section.queue_dir) if keep_on_disk else (None, "memory")
         return cls(
             device=device, host=section.host, port=section.port, prefix=section.prefix, qos=section.qos,
@@ -167,7 +176,7 @@ class MqttPublisher:
             reconnect_probe_s=section.reconnect_probe_s, reconnect_min_s=section.reconnect_min_s,
             reconnect_max_s=section.reconnect_max_s, queue=WindowQueue(folder, origin),
             discovery=section.discovery, discovery_prefix=section.discovery_prefix, classes=classes,
-            sw_version=sw_version,
+            sw_version=sw_version, switch=switch,
         )
 
     @property
@@ -245,43 +254,14 @@ class MqttPublisher:
             log.warning("MQTT: %d emotion message(s) not delivered before shutdown (%s); %s", unsent, why, kept)
         self._thread.join(timeout=max(left(), 0.2))
 
-    def discovery_configs(self) -> dict[str, dict]:
-        """Home Assistant MQTT discovery: a dominant-emotion sensor and one percentage sensor per class."""
-        device_block = {
-            "identifiers": [f"edge_emotion_{self.device}"],
-            "name": f"Emotion sensor {self.device}",
-            "model": self.model,
-            "manufacturer": "edge-emotion",
-            "sw_version": self.sw_version,
-        }
-        common = {
-            "state_topic": self.emotions_topic,
-            "availability_topic": self.status_topic,
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "device": device_block,
-        }
-        base = f"{self.discovery_prefix}/sensor/{self.device}"
-        configs = {
-            f"{base}/dominant_emotion/config": {
-                **common,
-                "name": "Dominant emotion",
-                "unique_id": f"{self.device}_dominant_emotion",
-                "icon": "mdi:emoticon-outline",
-                "value_template": "{{ value_json.dominant if value_json.dominant is not none else 'none' }}",
-            }
-        }
-        for name in self.classes:
-            configs[f"{base}/{name}/config"] = {
-                **common,
-                "name": name.capitalize(),
-                "unique_id": f"{self.device}_{name}",
-                "unit_of_measurement": "%",
-                "state_class": "measurement",
-                "suggested_display_precision": 1,
-                "value_template": f"{{{{ (value_json.emotions.{name} * 100) | round(1) }}}}",
-            }
-        return configs
+    def announcements(self) -> list[Outgoing]:
+        """What every connection and Home Assistant's birth message re-send: discovery (or its removal) and the
+        switch's state (or its removal when the switch does not exist), all retained."""
+        device = Device(self.device, self.model, self.sw_version, self.discovery_prefix, self.emotions_topic,
+                        self.status_topic, self.sensing_topic, self.sensing_set_topic)
+        messages = discovery_messages(device, self.classes, self.switch is not None, self.discovery)
+        messages.append((self.sensing_topic, self.switch.payload if self.switch is not None else b""))
+        return [Outgoing(topic, payload, 1, True) for topic, payload in messages]
 
     def _unreachable(self) -> bool:
         """Disconnected, and not merely still making the first attempt: why windows were not delivered at close."""
@@ -314,10 +294,13 @@ class MqttPublisher:
             self.last_error = None
             self._generation += 1
             self._control.appendleft(Outgoing(self.status_topic, b"online", 1, True))
-            if self.discovery:
-                for topic, config in self.discovery_configs().items():
-                    self._control.append(Outgoing(topic, json.dumps(config).encode(), 1, True))
+            self._control.extend(self.announcements())
             self._cond.notify_all()
+        subscriptions = [(self.birth_topic, 1)] if self.discovery else []
+        if self.switch is not None:
+            subscriptions.append((self.sensing_set_topic, 1))
+        if subscriptions:
+            client.subscribe(subscriptions)
 
     def _connect_failed(self, error: OSError) -> float:
         """Report a connection attempt that failed before MQTT; the wait before the next one."""
@@ -349,6 +332,19 @@ class MqttPublisher:
         else:  # closed before the broker answered: a broker going down or not up yet
             self._retry_in = self._policy.unreachable()
         self._socket_error, self._refused = None, False
+
+    def _on_message(self, client, userdata, message) -> None:
+        """Home Assistant's birth message re-sends the announcements; the switch takes commands on its topic only."""
+        if message.topic == self.birth_topic and message.payload == BIRTH_PAYLOAD and self.discovery:
+            outgoing = self.announcements()
+        elif message.topic == self.sensing_set_topic and self.switch is not None:
+            applied = self.switch.command(message.payload, retained=bool(message.retain))
+            outgoing = [Outgoing(self.sensing_topic, self.switch.payload, 1, True)] if applied else []
+        else:
+            return
+        with self._cond:
+            self._control.extend(outgoing)
+            self._cond.notify_all()
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         """Called in ``loop()``, so always after ``_send_ready`` registered ``mid``: paho writes nothing in publish."""

@@ -20,8 +20,8 @@ from edge_app.model_card import (
     load_card,
     verify,
 )
-from edge_app.preprocess import CROP_SIZE, LANDMARK_FEATURES, mirror_inputs
-from edge_app.runtime import ModelLoadError, TFLiteModel
+from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES, face_input, mirror_inputs
+from edge_app.pipeline.runtime import ModelLoadError, TFLiteModel
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class EmotionClassifier:
 
     def _run(self, crop: np.ndarray, features: np.ndarray) -> np.ndarray:
         out = self.model({
-            self._face: (crop.astype(np.float32) / 255.0)[None, :, :, None],
+            self._face: face_input(crop)[None],
             self._landmarks: features[None],
         })
         return out[self._output].reshape(-1)

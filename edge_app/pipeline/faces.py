@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from edge_app.config import AppConfig
-from edge_app.face_detection import Detection, FaceDetector
-from edge_app.face_mesh import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
-from edge_app.geometry import iou_matrix
-from edge_app.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
+from edge_app.pipeline.detect import Detection, FaceDetector
+from edge_app.pipeline.geometry import iou_matrix
+from edge_app.pipeline.landmarks import NUM_LANDMARKS, FaceMesh, Roi, roi_from_detection, roi_from_landmarks
+from edge_app.pipeline.preprocess import CROP_SIZE, CropSpec, crop_face, eye_centres, landmark_features
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,17 @@ def as_rgb8(frame: np.ndarray | None, *, bgr: bool = False) -> np.ndarray:
         return np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB))
     # cvtColor, not frame[:, :, ::-1]: numpy's reversed-stride copy costs ~10x more (3 ms for 640x480 on one core).
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(frame)
+
+
+def small_face_frame(gray: np.ndarray) -> np.ndarray:
+    """A 48x48 grayscale training face as an RGB frame the detector can read: upscaled, with a replicated border.
+
+    The landmark cache measures training faces in this frame, and the conversion gate runs the whole device path on it.
+    """
+    big = cv2.resize(gray, (SMALL_FACE_UPSCALE, SMALL_FACE_UPSCALE), interpolation=cv2.INTER_CUBIC)
+    border = SMALL_FACE_BORDER
+    big = cv2.copyMakeBorder(big, border, border, border, border, cv2.BORDER_REPLICATE)
+    return cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
 
 
 def _add_ms(ms: dict[str, float] | None, stage: str, since: float) -> float:
@@ -190,14 +201,11 @@ class FacePipeline:
 
         Training (the landmark cache) and ``edge-emotion check`` both measure FER-2013 faces with this.
         """
-        big = cv2.resize(gray, (SMALL_FACE_UPSCALE, SMALL_FACE_UPSCALE), interpolation=cv2.INTER_CUBIC)
-        border = SMALL_FACE_BORDER
-        big = cv2.copyMakeBorder(big, border, border, border, border, cv2.BORDER_REPLICATE)
-        faces = self.detect(cv2.cvtColor(big, cv2.COLOR_GRAY2RGB))
+        faces = self.detect(small_face_frame(gray))
         if not faces or faces[0].landmarks is None:
             return np.full((NUM_LANDMARKS, 3), np.nan, np.float32)
         points = faces[0].landmarks.copy()
-        points[:, :2] -= border
+        points[:, :2] -= SMALL_FACE_BORDER
         return points * (CROP_SIZE / SMALL_FACE_UPSCALE)
 
     def _face(self, rgb: np.ndarray, roi: Roi, detection: Detection | None) -> Face | None:

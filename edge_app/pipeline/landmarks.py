@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_app.face_detection import Detection, sigmoid
-from edge_app.geometry import square_warp_matrix
-from edge_app.mediapipe_assets import FACE_LANDMARKER, mediapipe_model
-from edge_app.runtime import TFLiteModel
+from edge_app.pipeline.detect import Detection, sigmoid
+from edge_app.pipeline.geometry import square_warp_matrix
+from edge_app.pipeline.mediapipe_assets import FACE_LANDMARKER, mediapipe_model
+from edge_app.pipeline.runtime import TFLiteModel
 
 INPUT_SIZE = 192
 NUM_LANDMARKS = 468

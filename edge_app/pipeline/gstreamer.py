@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.config import ConfigError, SourceConfig
-from edge_app.sources import STREAM_TIMEOUT_S, SourceError
+from edge_app.pipeline.capture import STREAM_TIMEOUT_S, SourceError
 
 GSTREAMER_MISSING = (
     "GStreamer through PyGObject is not installed: on Debian or JetPack, apt install python3-gi gir1.2-gstreamer-1.0"

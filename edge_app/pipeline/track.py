@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_app.geometry import iou_matrix
+from edge_app.pipeline.geometry import iou_matrix
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""MediaPipe's two face models, shipped inside this package (``edge_app/mediapipe_models``).
+"""MediaPipe's two face models, shipped inside this package (``edge_app/pipeline/mediapipe_models``).
 
 The device install needs no mediapipe: the mediapipe wheel drags in jax, matplotlib and
 ``opencv-contrib-python`` (whose ``cv2`` needs libGL, absent on a headless Pi) for two files of
@@ -13,7 +13,7 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-from edge_app.runtime import ModelLoadError
+from edge_app.pipeline.runtime import ModelLoadError
 
 # Where each file lies inside the mediapipe package (0.10.14 - 0.10.21 ship the same bytes).
 FACE_DETECTOR = "modules/face_detection/face_detection_short_range.tflite"

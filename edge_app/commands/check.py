@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_app.classifier import EmotionClassifier
 from edge_app.dataset import DataError, load_dataset
 from edge_app.emotions import fer_label_map
-from edge_app.faces import FacePipeline, FrameError
 from edge_app.model_card import ModelError
-from edge_app.preprocess import landmark_features
-from edge_app.sources import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.capture import IMAGE_SUFFIXES, ImageError, read_image
+from edge_app.pipeline.classify import EmotionClassifier
+from edge_app.pipeline.faces import FacePipeline, FrameError
+from edge_app.pipeline.preprocess import landmark_features
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
         if tp + fp + fn:
             scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
+
+
+def recall_per_class(labels: np.ndarray, predictions: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+    """Each class's recall (the share of its faces given that class; a face without prediction is a miss), for
+    the classes that occur in the labels: the figure that shows a class the model hardly ever says."""
+    return {name: round(float(np.mean(predictions[labels == c] == c)), 4) for c, name in enumerate(classes)
+            if np.any(labels == c)}
 
 
 def mean_ms(times: list[float]) -> float | None:
@@ -200,6 +207,7 @@ def main(args: argparse.Namespace, config: Any) -> int:
         "n": int(len(labels)),
         "accuracy": round(accuracy, 4),
         "macro_f1": round(macro_f1(labels, predictions, len(classifier.classes)), 4),
+        "recall": recall_per_class(labels, predictions, classifier.classes),
         **extra,
         "expected_accuracy": expected,
         "delta": None if delta is None else round(delta, 4),

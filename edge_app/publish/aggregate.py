@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from edge_app.tracker import Track
+from edge_app.pipeline.track import Track
 
 Label = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^/+#\s]+$")]
@@ -54,6 +54,8 @@ class EmotionsMessage(Payload):
     emotions: dict[Label, Probability]
     dominant: Optional[Label]  # noqa: UP045 (pydantic evaluates it at run time; Python 3.9 lacks X | None)
     tracks: list[TrackSummary]
+    # False when the privacy switch had sensing off as the window closed: the camera was closed, no frame read
+    sensing: bool = True
 
     @model_validator(mode="after")
     def _labels_agree(self) -> EmotionsMessage:
@@ -99,6 +101,7 @@ class StatsMessage(Payload):
     delegates: Delegates
     source_state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
     uptime_s: NonNegative
+    sensing: bool = True  # the privacy switch: False while the camera is closed
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -190,8 +193,9 @@ class WindowAggregator:
     def due(self, now: float) -> bool:
         return now - self._window_start >= self.window_s
 
-    def flush(self, now: float) -> EmotionsMessage:
-        """Close the window (even an empty one, so subscribers see the device is alive) and start the next."""
+    def flush(self, now: float, sensing: bool = True) -> EmotionsMessage:
+        """Close the window (even an empty one, so subscribers see the device is alive) and start the next;
+        ``sensing``: the privacy switch's state, published with it."""
         self._current.elapsed_s = max(now - self._window_start, 0.0)
         track_frames = sum(t.frames for t in self._tracks.values())
         if track_frames:
@@ -213,6 +217,7 @@ class WindowAggregator:
             emotions=emotions,
             dominant=dominant,
             tracks=[self._summary(tid, kept.last) for tid, kept in sorted(self._tracks.items())],
+            sensing=sensing,
         )
         self._next_seq += 1
         self._last = self._current
@@ -223,10 +228,11 @@ class WindowAggregator:
         return message
 
     def stats(self, now: float, *, buffered_messages: int, dropped_messages: int, delegate: str,
-              source_state: str, delegates: Mapping[str, str] | None = None) -> StatsMessage:
+              source_state: str, delegates: Mapping[str, str] | None = None, sensing: bool = True) -> StatsMessage:
         """Health figures: fps and mean latencies of the last closed window, frame counters since start.
 
-        ``delegates`` maps detector, landmarks and classifier to where each runs; None: all on ``delegate``."""
+        ``delegates`` maps detector, landmarks and classifier to where each runs; None: all on ``delegate``.
+        ``sensing``: the privacy switch's state."""
         window = self._last or self._current
         return StatsMessage(
             ts=utc_timestamp(),
@@ -242,6 +248,7 @@ class WindowAggregator:
             delegates=Delegates.model_validate(delegates or dict.fromkeys(Delegates.model_fields, delegate)),
             source_state=source_state,
             uptime_s=round(max(now - self.started, 0.0), 3),
+            sensing=sensing,
         )
 
     def _rounded(self, probabilities: np.ndarray) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """Frame sources: the bundled demo photo, image files and folders, video files, cameras (OpenCV or picamera2),
-stream URLs and GStreamer pipelines (edge_app.gstreamer, through PyGObject).
+stream URLs and GStreamer pipelines (edge_app.pipeline.gstreamer, through PyGObject).
 
 ``open_source`` opens one source once; ``ReconnectingSource`` is what the service reads: it paces frames to
 ``source.fps``, rotates and mirrors them, returns RGB uint8, and when the source fails (camera unplugged, stream
@@ -20,9 +20,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge_app import image_bytes
 from edge_app.config import ConfigError, SourceConfig
-from edge_app.faces import FrameError, as_rgb8
+from edge_app.pipeline import image_bytes
+from edge_app.pipeline.faces import FrameError, as_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def resolve(config: SourceConfig) -> tuple[str, int | str]:
             raise ConfigError(f"source.uri: expected a camera index or a /dev/video* path, got {redact(uri)!r}")
         return "camera", uri
     if kind == "gstreamer" or (kind == "stream" and "!" in uri):
-        from edge_app.gstreamer import check_pipeline  # imports gi: only when a pipeline is the source
+        from edge_app.pipeline.gstreamer import check_pipeline  # imports gi: only when a pipeline is the source
 
         check_pipeline(uri)
         return "gstreamer", uri
@@ -286,7 +286,7 @@ def open_source(kind: str, target: int | str, config: SourceConfig) -> FrameSour
     if kind == "picamera2":
         return Picamera2Source(config, name)
     if kind == "gstreamer":
-        from edge_app.gstreamer import GStreamerSource  # imports gi: only when a pipeline is the source
+        from edge_app.pipeline.gstreamer import GStreamerSource  # imports gi: only when a pipeline is the source
 
         return GStreamerSource(str(target), config, name)
     if kind == "images":
