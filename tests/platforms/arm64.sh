@@ -5,7 +5,7 @@
 # `edge-emotion run --duration` publishing to a mosquitto inside the root.
 # Emulated timings say nothing about a Pi's speed: none is reported.
 # Root only. Prints a JSON summary as its last line; exits 1 on a failed check. Cache: see lib.bash.
-# FER2013_PATH: the FER-2013 npz (without it the agreement check is skipped and says so);
+# FER2013_PATH: the FER-2013 npz (without it, or when it is no file, the agreement check is skipped and says so);
 # EDGE_EMOTION_CI_FACES (default 300): how many PrivateTest faces; EDGE_EMOTION_CI_PYTHON: the x86 Python with
 # edge_app installed (default: the clone's .venv).
 set -euo pipefail
@@ -27,7 +27,10 @@ mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 \
     || fail "cannot register qemu-aarch64 with binfmt_misc"
 FER="${FER2013_PATH:-}"
-if [ -n "$FER" ] && [ ! -f "$FER" ]; then fail "FER2013_PATH=$FER is not a file"; fi
+if [ -n "$FER" ] && [ ! -f "$FER" ]; then
+    log "FER2013_PATH=$FER is not a file: the agreement check will be skipped"  # as pytest skips without it
+    FER=""
+fi
 
 WORK="$(mktemp -d /var/tmp/edge-emotion-arm64.XXXXXX)"
 on_exit "rm -rf '$WORK'"
@@ -142,8 +145,8 @@ EOF
     awk -v a="$value" -v m="$MIN_AGREEMENT" 'BEGIN { exit !(a >= m) }' \
         || fail "top-1 agreement with x86 is $value, below $MIN_AGREEMENT"
 else
-    log "SKIPPED the agreement check: FER2013_PATH is not set"
-    result agreement '"skipped: FER2013_PATH not set"'
+    log "SKIPPED the agreement check: no FER-2013 (FER2013_PATH)"
+    result agreement '"skipped: no FER-2013 at FER2013_PATH"'
 fi
 
 # run --duration: the service published its status, at least one window and its stats, and went offline.
