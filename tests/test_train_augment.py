@@ -14,8 +14,15 @@ from edge_app.pipeline.preprocess import mirror_features
 from train.augment import augment_batch, camera_augment, mixup
 
 # Every augmentation but the flip switched off, so each output is its input or the input's mirror image.
-FLIP_ONLY = dict(max_rotate_deg=0.0, max_shift=0.0, scale_range=(1.0, 1.0), brightness=0.0, contrast=0.0,
-                 erase_prob=0.0, landmark_dropout=0.0)
+FLIP_ONLY = dict(
+    max_rotate_deg=0.0,
+    max_shift=0.0,
+    scale_range=(1.0, 1.0),
+    brightness=0.0,
+    contrast=0.0,
+    erase_prob=0.0,
+    landmark_dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +46,10 @@ def test_the_training_flip_mirrors_the_landmarks_as_the_device_does(face) -> Non
     kept = np.all(np.isclose(out_images.numpy(), crop, atol=1e-5), axis=(1, 2, 3))
     assert flipped.any() and kept.any() and np.all(flipped | kept)
     # Where the image was flipped, the features are edge_app's mirror of the face's (the device's flip TTA).
-    np.testing.assert_allclose(out_features.numpy()[flipped], np.repeat(mirror_features(plain)[None],
-                                                                         flipped.sum(), 0), atol=1e-6)
-    np.testing.assert_allclose(out_features.numpy()[kept & ~flipped], np.repeat(plain[None], kept.sum(), 0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        out_features.numpy()[flipped], np.repeat(mirror_features(plain)[None], flipped.sum(), 0), atol=1e-6
+    )
+    np.testing.assert_allclose(out_features.numpy()[kept & ~flipped], np.repeat(plain[None], kept.sum(), 0), atol=1e-6)
 
 
 def test_camera_augmentation_off_is_the_identity_and_on_keeps_the_face(face) -> None:

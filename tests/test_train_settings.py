@@ -19,3 +19,10 @@ def test_defaults_come_from_the_config_section(tmp_path) -> None:
 def test_a_bad_train_setting_is_one_line_naming_the_key(capsys) -> None:
     with pytest.raises(SystemExit, match=r"train.lr: .*got 'fast'"):
         parse_args(["--set", "train.lr=fast"])
+
+
+def test_a_ferplus_weight_without_ferplus_labels_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--ferplus-weight", "0.5"])
+    assert "--ferplus-weight needs --labels ferplus" in capsys.readouterr().err
+    assert parse_args(["--labels", "ferplus", "--ferplus-weight", "0.5"]).ferplus_weight == 0.5

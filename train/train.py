@@ -100,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.average_with_init and not args.init_from:
         p.error("--average-with-init needs --init-from (the model whose weights are averaged in)")
+    if args.ferplus_weight != 1.0 and args.labels != "ferplus":
+        p.error("--ferplus-weight needs --labels ferplus (it is the FER+ votes' share of the targets)")
     return args
 
 
