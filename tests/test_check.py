@@ -55,7 +55,7 @@ def test_faces_mode_with_flip_average_averages(tiny_model, tmp_path, capsys) -> 
 
     data = load_dataset(tiny_model["data"]).split("test")
     plain, averaged = EmotionClassifier(tiny_model["int8"]), EmotionClassifier(tiny_model["int8"], flip_average=True)
-    pipeline = FacePipeline(plain.crop_spec, min_face_px=0, max_faces=1)
+    pipeline = FacePipeline.for_small_faces(plain.crop_spec)
     faces, labels = [], []
     for image in data.images:
         features = landmark_features(pipeline.small_face_landmarks(image))  # as check computes them
@@ -91,11 +91,8 @@ def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, capl
 
 def answer_for(model: Path, rgb: np.ndarray) -> str:
     """The class the model gives the largest face of ``rgb`` through the device's own pipeline (config defaults)."""
-    config = load_config(env={})
     classifier = EmotionClassifier(model)
-    pipeline = FacePipeline(classifier.crop_spec, min_detection_score=config.detection.min_score,
-                            min_landmark_score=config.detection.min_landmark_score,
-                            min_face_px=config.detection.min_face_px, max_faces=1)
+    pipeline = FacePipeline.from_config(load_config(env={}), classifier.crop_spec, max_faces=1)
     face = pipeline.detect(rgb)[0]
     return classifier.classes[int(classifier.predict(face.crop, face.features).argmax())]
 
