@@ -240,7 +240,11 @@ class TrainConfig(Section):
     warmup_epochs: float = Field(2.0, ge=0, strict=True)
     label_smoothing: float = Field(0.1, ge=0, lt=1, strict=True)
     labels: Annotated[Literal["fer", "ferplus"], BeforeValidator(_lower)] = "fer"
-    class_balance: Annotated[Literal["none", "weights", "sampling"], BeforeValidator(_lower)] = "none"
+    ferplus_weight: float = Field(1.0, ge=0, le=1, strict=True)  # share of the FER+ votes with labels: ferplus
+    class_balance: Annotated[Literal["none", "weights", "sqrt_weights", "sampling"], BeforeValidator(_lower)] = "none"
+    camera_augment: bool = Field(False, strict=True)  # blur, noise, JPEG, gamma, down-up-scaling
+    mixup_alpha: float = Field(0.0, ge=0, strict=True)  # 0: no mixup
+    landmark_noise: float = Field(0.0, ge=0, strict=True)  # sigma in inter-ocular distances
     seed: int = Field(1234, ge=0, strict=True)
     widths: Annotated[list[StrictInt], AfterValidator(_positive_widths)] = Field([24, 48, 96, 192], min_length=1)
     dropout: float = Field(0.4, ge=0, lt=1, strict=True)

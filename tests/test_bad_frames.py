@@ -1,6 +1,6 @@
-"""Bad frames through the frame step `edge-emotion run` uses (service.take_frame: conversion, FrameProcessor with
-the shipped models, the window aggregator): each is processed or skipped and counted, never a crash, and whatever
-reaches the emotion model is finite (checked by recording the real model's inputs)."""
+"""Bad frames through the frame step `edge-emotion run` uses (edge_app.pipeline.frames.take_frame: conversion,
+FrameProcessor with the shipped models, the window aggregator): each is processed or skipped and counted, never a
+crash, and whatever reaches the emotion model is finite (checked by recording the real model's inputs)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import skimage.data
 
-from edge_app.commands.run import FrameProcessor, load_models, take_frame
+from edge_app.app import build_pipeline
 from edge_app.config import load_config
 from edge_app.pipeline.classify import EmotionClassifier
 from edge_app.pipeline.faces import Face
+from edge_app.pipeline.frames import FrameProcessor, take_frame
 from edge_app.pipeline.preprocess import CROP_SIZE, LANDMARK_FEATURES
 from edge_app.pipeline.track import Tracker
 from edge_app.publish.aggregate import WindowAggregator
@@ -92,7 +93,7 @@ class RecordingModel:
 def models() -> tuple[EmotionClassifier, object]:
     config = load_config(None, ["runtime.num_threads=1", f"detection.max_faces={MAX_FACES}",
                                 f"detection.min_face_px={MIN_FACE_PX}"], env={})
-    return load_models(config)
+    return build_pipeline(config)
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_bad_frames_are_processed_or_skipped_and_counted(models, recorder: Recor
 def test_tiny_faces_are_found_but_left_out_by_min_face_px() -> None:
     """The tiny-face case above sees no face because of min_face_px, not because the detector misses them."""
     config = load_config(None, ["runtime.num_threads=1", "detection.min_face_px=1", "detection.max_faces=20"], env={})
-    _, pipeline = load_models(config)
+    _, pipeline = build_pipeline(config)
     faces = pipeline.detect(CASES["tiny faces below min_face_px"][0]())
     assert len(faces) == 16 and all(face.width < MIN_FACE_PX for face in faces)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import skimage.data
 
-from edge_app.commands.run import delegates_in_use, load_models
+from edge_app.app import build_pipeline
 from edge_app.config import load_config
 from edge_app.model_card import ModelError, default_model_path
 from edge_app.pipeline.classify import EmotionClassifier
@@ -95,8 +95,8 @@ def test_the_face_networks_get_the_delegate_they_can_run(delegate: str, caplog) 
 
 def test_the_service_warns_once_for_three_networks_when_the_gpu_delegate_is_missing(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        classifier, pipeline = load_models(load_config(None, ["runtime.delegate=gpu"], env={}))
-    delegates = delegates_in_use(classifier, pipeline)
+        pipeline = build_pipeline(load_config(None, ["runtime.delegate=gpu"], env={}))
+    delegates = pipeline.delegates
     if GPU_HERE:
         assert delegates == {"detector": "gpu", "landmarks": "gpu", "classifier": "gpu"}
         return

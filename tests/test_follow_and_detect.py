@@ -11,9 +11,10 @@ import numpy as np
 from media_helpers import write_video
 from skimage import data
 
-from edge_app.commands.run import FrameProcessor, load_models
+from edge_app.app import build_pipeline
 from edge_app.config import load_config
 from edge_app.pipeline.capture import ReconnectingSource
+from edge_app.pipeline.frames import FrameProcessor
 from edge_app.pipeline.track import Tracker
 
 # The 256x256 around the astronaut's face: two side by side are one 512x256 frame, the face as large as in the photo.
@@ -30,7 +31,7 @@ def _frame(left: np.ndarray, right: np.ndarray | None = None) -> np.ndarray:
 def _run(video, every_n_frames: int) -> list[list[int]]:
     config = load_config(None, [f"source.uri={video}", "source.loop=false", f"detection.min_score={MIN_SCORE}",
                                 f"detection.every_n_frames={every_n_frames}", "runtime.num_threads=1"], env={})
-    classifier, pipeline = load_models(config)
+    classifier, pipeline = build_pipeline(config)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking), every_n_frames)
     source = ReconnectingSource(config.source)
     track_ids = []
@@ -48,7 +49,7 @@ def test_the_scores_straddle_min_score_through_the_video(tmp_path) -> None:
     """The premise of the tests below: the detector misses the dark face at MIN_SCORE, Face Mesh does not."""
     video = write_video(tmp_path / "premise.avi", [_frame(ASTRONAUT_BGR), _frame(DARK_BGR)])
     config = load_config(None, [f"source.uri={video}", "source.loop=false", "detection.min_score=0.5"], env={})
-    _, pipeline = load_models(config)
+    _, pipeline = build_pipeline(config)
     source = ReconnectingSource(config.source)
     bright, dark = source.read(), source.read()
     source.close()
@@ -76,7 +77,7 @@ def test_a_new_face_is_added_beside_the_followed_one(tmp_path) -> None:
 def test_two_followed_faces_that_converge_on_one_face_become_one(tmp_path) -> None:
     """Two tracks drifting onto the same face would otherwise both follow it for ever, never re-detected apart."""
     config = load_config(None, ["runtime.num_threads=1"], env={})
-    _, pipeline = load_models(config)
+    _, pipeline = build_pipeline(config)
     frame = _frame(ASTRONAUT_BGR)[:, :, ::-1].copy()
     (face,) = pipeline.detect(frame)
     first, second = pipeline.follow(frame, [face, face])

@@ -17,7 +17,7 @@ import pytest
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app.commands.run import load_models
+from edge_app.app import build_pipeline
 from edge_app.config import ConfigError, SourceConfig, load_config
 from edge_app.pipeline import gstreamer
 from edge_app.pipeline.capture import ReconnectingSource, SourceError, open_source, resolve
@@ -83,7 +83,7 @@ def test_faces_are_found_in_a_real_video_through_decodebin(video: Path) -> None:
     assert len(frames) == VIDEO_FRAMES and source.ended
     opencv = cv2.cvtColor(cv2.VideoCapture(str(video)).read()[1], cv2.COLOR_BGR2RGB)
     assert frames[0].shape == opencv.shape and np.abs(frames[0].astype(int) - opencv).mean() < 2  # RGB, not BGR
-    _, pipeline = load_models(load_config(None, [], env={}))
+    _, pipeline = build_pipeline(load_config(None, [], env={}))
     for frame in frames:
         faces = pipeline.detect(frame)
         assert len(faces) == 1 and faces[0].landmarks is not None
@@ -102,8 +102,9 @@ def test_the_service_publishes_the_emotions_of_a_video_read_through_gstreamer(vi
         text=True,
         timeout=120,
     )
-    time.sleep(0.5)
     assert run.returncode == 0, run.stderr
+    # Delivered to the broker before the service exited; wait for the broker to pass the last stats on.
+    assert sub.wait_for(lambda: any(json.loads(p)["frames"] == VIDEO_FRAMES for p in sub.on("emotion/testcam/stats")))
     published = {}
     for topic, payload, _ in sub.messages:
         if payload.startswith(b"{"):

@@ -16,8 +16,9 @@ import skimage.data
 from media_helpers import demo_face_bgr, write_video
 from mqtt_helpers import subscriber
 
-from edge_app.commands.run import FrameProcessor, load_models
+from edge_app.app import build_pipeline
 from edge_app.config import load_config
+from edge_app.pipeline.frames import FrameProcessor
 from edge_app.pipeline.track import Tracker
 from edge_app.publish import sdnotify
 
@@ -229,7 +230,7 @@ def test_run_writes_nothing_to_disk(tmp_path) -> None:
 def test_frame_processor_times_detection_and_landmarks_separately() -> None:
     """Detection frames report the detector and Face Mesh apart; frames in between only follow (landmarks)."""
     config = load_config(None, ["detection.every_n_frames=3", "runtime.num_threads=1"], env={})
-    classifier, pipeline = load_models(config)
+    classifier, pipeline = build_pipeline(config)
     processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking), every_n_frames=3)
     rgb = skimage.data.astronaut()
     results = [processor(rgb, now=float(i)) for i in range(4)]
@@ -246,7 +247,7 @@ def test_frame_processor_times_detection_and_landmarks_separately() -> None:
 
 def test_face_pipeline_adds_to_the_stage_times_it_is_given() -> None:
     config = load_config(None, ["runtime.num_threads=1"], env={})
-    _, pipeline = load_models(config)
+    _, pipeline = build_pipeline(config)
     rgb = skimage.data.astronaut()
     ms: dict[str, float] = {}
     faces = pipeline.detect(rgb, ms)

@@ -97,6 +97,12 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
             assert set(result[average]) == {"precision", "recall", "f1"}
             assert all(0.0 <= v <= 1.0 for v in result[average].values())
     assert summary["accuracy"] == report["results"]["plain"]["accuracy"]
+    ferplus = report["ferplus_majority"]  # the slice carries FER-2013's FER+ votes
+    assert 0 < ferplus["n"] <= 280 and 0.0 <= ferplus["fer_label_agreement"] <= 1.0
+    for mode in ("plain", "tta"):
+        assert ferplus[mode]["n"] == ferplus["n"] and list(ferplus[mode]["per_class"]) == classes
+        assert np.asarray(ferplus[mode]["confusion_matrix"]).sum() == ferplus["n"]
+    assert "against the FER+ majority label" in (reports / "evaluation.md").read_text()
     assert report["training"]["epochs"] == 1 and report["training"]["best_epoch"] == 1
     ablation = json.loads((reports / "ablation.json").read_text())
     assert [r["name"] for r in ablation[:2]] == ["model", "again"]
@@ -105,19 +111,33 @@ def test_one_short_epoch_on_fer_then_every_report(fer_data_path: Path, tmp_path:
     assert "| again | fusion | none | 560 x 1 |" in (reports / "ablation.md").read_text()
 
 
-def test_resume_continues_from_the_last_epoch(synthetic_folder: Path, tmp_path: Path) -> None:
+def test_resume_continues_the_last_epoch_the_best_checkpoint_and_patience(synthetic_folder: Path,
+                                                                          tmp_path: Path) -> None:
     run = tmp_path / "run"
     common = ("train/train.py", "--data", synthetic_folder, "--out", run, "--cache-dir", tmp_path / "cache",
-              "--classes", *SYNTHETIC_CLASSES, *TINY_NET)
-    first = run_script(*common, "--epochs", "1")
+              "--classes", *SYNTHETIC_CLASSES, "--patience", "3", *TINY_NET)
+    first = run_script(*common, "--epochs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_script(*common, "--epochs", "2", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "at epoch 1" in resumed.stderr
     with (run / "history.csv").open() as f:
-        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+        accuracies = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
     state = json.loads((run / "state.json").read_text())
-    assert state["epoch"] == 2
+    assert state["best_val_accuracy"] == pytest.approx(max(accuracies))
+    assert state["epochs_since_best"] == len(accuracies) - 1 - int(np.argmax(accuracies))
+
+    # As if the earlier sittings had reached a validation accuracy that no epoch can beat, two epochs ago:
+    # the resumed epoch must neither replace best.keras nor reset patience (3), so training stops after it.
+    state.update(best_val_accuracy=1.0, epochs_since_best=2)
+    (run / "state.json").write_text(json.dumps(state))
+    best_before = (run / "best.keras").read_bytes()
+    resumed = run_script(*common, "--epochs", "6", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "at epoch 2" in resumed.stderr
+    with (run / "history.csv").open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+    assert (run / "best.keras").read_bytes() == best_before
+    assert not list(run.glob("*.partial*"))  # checkpoints are written beside, then renamed over
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 3 and state["best_val_accuracy"] == 1.0 and state["epochs_since_best"] == 3
     # The card's training time covers both sittings: more than the resumed one alone.
     training = load_card(run / "model.card.json").training
     assert training["train_seconds"] == pytest.approx(state["train_seconds"], abs=1.0)
@@ -167,3 +187,20 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     assert not all(np.array_equal(a, b) for a, b in zip(first_weights, best_weights))
     for first_stage, best, saved in zip(first_weights, best_weights, saved_model.get_weights(), strict=True):
         np.testing.assert_allclose(saved, (first_stage + best) / 2, rtol=1e-6, atol=1e-7)
+
+
+    # The targets are the teacher's: a teacher that calls every face happy (99.75%, whatever the input), fine-tuned
+    # from itself so that nothing moves, scores a training loss near its entropy against its own targets (0.32
+    # with label smoothing 0.1), where the balanced labels would give about 3.0 (every sad face at 0.25%).
+    logits = first_model.get_layer("logits")
+    logits.set_weights([np.zeros_like(logits.get_weights()[0]), np.array([3.0, -3.0], np.float32)])
+    constant = tmp_path / "constant" / "model.keras"
+    constant.parent.mkdir()
+    first_model.save(constant)
+    (constant.parent / "model.card.json").write_bytes((tmp_path / "first" / "model.card.json").read_bytes())
+    third = run_script("train/train.py", *common, "--out", tmp_path / "third", "--epochs", "1", "--lr", "1e-7",
+                       "--init-from", constant, "--teacher", constant, "--distill-weight", "1.0")
+    assert third.returncode == 0, third.stderr[-3000:]
+    with (tmp_path / "third" / "history.csv").open() as f:
+        (epoch,) = list(csv.DictReader(f))
+    assert float(epoch["loss"]) == pytest.approx(0.32, abs=0.05)

@@ -17,7 +17,8 @@ def run_script(*args: str | Path, timeout: int = 600) -> subprocess.CompletedPro
 
 
 def small_fer(source: Path, target: Path) -> Path:
-    """A class-balanced slice of FER-2013 in the project's npz format (train / validation / test)."""
+    """A class-balanced slice of FER-2013 in the project's npz format (train / validation / test), with its FER+
+    votes when the source has them."""
     from edge_app.dataset import SPLIT_NAMES, load_dataset
 
     data = load_dataset(source)
@@ -29,6 +30,7 @@ def small_fer(source: Path, target: Path) -> Path:
             idx = np.flatnonzero((data.splits == SPLIT_NAMES[split]) & (data.labels == label))
             rows.append(rng.choice(idx, per_class, replace=False))
     rows = np.sort(np.concatenate(rows))
+    votes = {} if data.ferplus_votes is None else {"ferplus_votes": data.ferplus_votes[rows]}
     np.savez_compressed(target, pixels=data.images[rows], emotion=data.labels[rows].astype(np.uint8),
-                        usage=data.splits[rows])
+                        usage=data.splits[rows], **votes)
     return target

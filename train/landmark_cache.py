@@ -3,7 +3,8 @@
 ``python train/landmark_cache.py [--data PATH]`` runs ``edge_app.pipeline.faces.FacePipeline`` (the
 code the device runs) over each 48x48 image, upscaled to 192x192 with a replicated
 border, and stores the landmarks (in 48x48 pixel coordinates) under ``cache/``, keyed by
-the data fingerprint and the face models' hashes: a second run reuses the file. It
+the data fingerprint and the face models' hashes: a second run reuses the file. The
+landmarks are stored as float32, the precision the device computes them at. It
 also fits the crop framing (``CropSpec``) so device crops match FER-2013's, and reports
 the landmark success rate per split and the framing residual.
 """
@@ -33,7 +34,7 @@ from edge_app.pipeline.preprocess import CROP_SIZE, CropSpec, crop_landmarks, ey
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: float32 landmarks (1 rounded them to float16)
 DEFAULT_CACHE_DIR = ROOT / "cache"
 
 _pipeline: FacePipeline | None = None
@@ -74,9 +75,9 @@ def load_or_compute(dataset: FaceDataset, cache_dir: Path = DEFAULT_CACHE_DIR, w
                 return cached["landmarks"].astype(np.float32)
     landmarks = compute_landmarks(dataset, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, landmarks=landmarks.astype(np.float16))
+    np.savez_compressed(path, landmarks=landmarks)
     log.info("landmark cache written: %s", path)
-    return landmarks.astype(np.float16).astype(np.float32)
+    return landmarks
 
 
 def training_card_path(model_path: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.commands.run import load_models
+from edge_app.app import build_pipeline
 from edge_app.config import AppConfig
 from edge_app.pipeline.capture import IMAGE_SUFFIXES, ImageError, read_image
 from edge_app.pipeline.classify import EmotionClassifier
@@ -238,7 +238,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
                 raise AnnotateError(f"{source}: another INPUT of the same name was already written to {output}")
             frames, fps = open_input(source, output)
             if models is None:
-                models = load_models(config)
+                models = build_pipeline(config)
             classifier, pipeline = models
             faces, count = annotate_frames(frames, fps, source, output, pipeline, classifier, args.json)
         except ModelLoadError as exc:

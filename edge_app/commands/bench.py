@@ -11,7 +11,8 @@ model on every face), ``track_aggregate``, ``publish`` (closing a window and ser
 ``--soak`` a window closes every 30 timed frames) and ``total``.
 ``inference_ms`` gives each network's own time per call (the runtime's ``invoke``): the floor under the stages,
 which says how fast this device runs the models apart from the code around them.
-The same ``FrameProcessor`` as ``edge-emotion run`` does the work, so the figures are the service's.
+It drives ``edge-emotion run``'s own loop (``edge_app.app.Service``: its ``step`` and ``publish``), so the figures are
+the service's.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_app.commands.run import FrameProcessor, delegates_in_use, load_models
+from edge_app.app import Service, build_pipeline
 from edge_app.config import AppConfig
 from edge_app.pipeline.capture import demo_image, read_image
 from edge_app.pipeline.faces import FrameError, as_rgb8
 from edge_app.pipeline.runtime import ModelLoadError
-from edge_app.pipeline.track import Tracker
-from edge_app.publish.aggregate import WindowAggregator
 from edge_app.publish.mqtt import MqttError, MqttPublisher
 
 FRAME_SIZE = (640, 480)
@@ -135,31 +134,30 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         config.runtime.num_threads = args.threads
     rss_start, _ = rss_mb()
     try:
-        classifier, pipeline = load_models(config)
+        pipeline = build_pipeline(config)
         read, input_name = _reader(args)
     except (ModelLoadError, FrameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device = config.device.id
-    processor = FrameProcessor(pipeline, classifier, Tracker.from_config(config.tracking),
-                               config.detection.every_n_frames)
-    aggregator = WindowAggregator(classifier.classes, config.aggregate.window_s, device, now=time.monotonic())
+    classifier = pipeline.classifier
     publisher = None
     if args.soak and config.mqtt.enabled:
         try:
-            publisher = MqttPublisher.from_config(config.mqtt, device, classifier.classes, keep_on_disk=False)
+            publisher = MqttPublisher.from_config(config.mqtt, config.device.id, classifier.classes,
+                                                  keep_on_disk=False)
         except MqttError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    service = Service(config, pipeline, read, publisher)
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     inference: dict[str, list[float]] = {network: [] for network in NETWORKS}
     faces_found: list[int] = []
-    windows, late_s = 0, 0.0
+    late_s = 0.0
     frames = timed = 0
     rss_warm = rss_start
     timing_started = time.monotonic()
     cpu_started = time.process_time()
-    window_due = timing_started + aggregator.window_s
+    window_due = timing_started + service.aggregator.window_s
     try:
         while True:
             if args.soak:
@@ -168,31 +166,24 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
             elif timed >= args.frames:
                 break
             t0 = time.perf_counter()
-            rgb = read()
-            if rgb is None:
+            result = service.step()
+            if result is None:
                 print(f"error: {input_name}: no frame could be read", file=sys.stderr)
                 return 2
-            t1 = time.perf_counter()
             now = time.monotonic()
-            result = processor(rgb, now)
-            t2 = time.perf_counter()
-            aggregator.add_frame(result.tracks, len(result.faces), now, result.ms, result.skipped_detections)
-            t3 = time.perf_counter()
+            t1 = time.perf_counter()
             publish_ms = None
             if args.soak:
-                window_closes = aggregator.due(now)
+                window_closes = service.aggregator.due(now)
             else:
                 window_closes = frames >= args.warmup and (frames - args.warmup + 1) % BENCH_WINDOW_FRAMES == 0
             if window_closes:
-                late_s, window_due = max(late_s, now - window_due), now + aggregator.window_s
-                message = aggregator.flush(now)
-                windows += 1
-                if publisher is not None:
-                    publisher.publish_emotions(message)  # serialises and queues; the network is another thread
-                else:
+                late_s, window_due = max(late_s, now - window_due), now + service.aggregator.window_s
+                message = service.publish(now)  # with MQTT: serialised and queued; the network is another thread
+                if publisher is None:
                     message.model_dump_json()  # what publishing costs this loop without a broker
-                publish_ms = (time.perf_counter() - t3) * 1000
-            t4 = time.perf_counter()
+                publish_ms = (time.perf_counter() - t1) * 1000
+            t2 = time.perf_counter()
             frames += 1
             if frames == args.warmup:
                 rss_warm, _ = rss_mb()
@@ -202,19 +193,18 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
                 continue
             timed += 1
             faces_found.append(len(result.faces))
-            samples["read"].append((t1 - t0) * 1000)
-            for stage in ("detect", "landmarks", "classify"):
+            for stage in ("read", "detect", "landmarks", "classify"):
                 if stage in result.ms:
                     samples[stage].append(result.ms[stage])
-            samples["track_aggregate"].append(result.ms["track"] + (t3 - t2) * 1000)
+            samples["track_aggregate"].append(result.ms["track"] + result.ms["aggregate"])
             if publish_ms is not None:
                 samples["publish"].append(publish_ms)
             if "detect" in result.ms:
-                inference["face_detector"].append(pipeline.detector.model.last_ms)
+                inference["face_detector"].append(pipeline.faces.detector.model.last_ms)
             if result.faces:  # the last face's calls: one call each per face
-                inference["face_mesh"].append(pipeline.mesh.model.last_ms)
+                inference["face_mesh"].append(pipeline.faces.mesh.model.last_ms)
                 inference["classifier"].append(classifier.last_ms)
-            samples["total"].append((t4 - t0) * 1000)
+            samples["total"].append((t2 - t0) * 1000)
     finally:
         if publisher is not None:
             publisher.close(timeout=3.0)
@@ -223,7 +213,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
     rss_end, rss_peak = rss_mb()
     report = {
         "input": input_name,
-        "frame_size": [int(rgb.shape[1]), int(rgb.shape[0])],
+        "frame_size": list(result.frame_size),
         "frames": timed,
         "faces_per_frame": round(float(np.mean(faces_found)), 2) if faces_found else 0.0,
         "fps": round(timed / elapsed, 1) if elapsed > 0 else 0.0,
@@ -232,7 +222,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         "latency_ms": {stage: summary(values) for stage, values in samples.items()},
         "inference_ms": {network: summary(values) for network, values in inference.items()},
         "delegate": classifier.delegate_in_use,
-        "delegates": delegates_in_use(classifier, pipeline),
+        "delegates": pipeline.delegates,
         "threads": config.runtime.num_threads,
         "every_n_frames": config.detection.every_n_frames,
         "flip_average": classifier.flip_average,
@@ -240,7 +230,7 @@ def main(args: argparse.Namespace, config: AppConfig) -> int:
         "rss_growth_pct": round((rss_end - rss_warm) / rss_warm * 100, 2),
     }
     if args.soak:
-        report.update(soak_s=round(elapsed, 1), windows=windows, max_window_late_s=round(max(late_s, 0.0), 3),
+        report.update(soak_s=round(elapsed, 1), windows=service.windows, max_window_late_s=round(max(late_s, 0.0), 3),
                       mqtt_dropped=publisher.dropped if publisher else None,
                       mqtt_unsent=publisher.buffered if publisher else None)
     print(json.dumps(report))

@@ -23,9 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+from edge_app.app import build_pipeline
 from edge_app.commands import gradcam
 from edge_app.commands.annotate import COLOURS, OTHER_COLOUR, classify_faces, draw_faces
-from edge_app.commands.run import load_models
 from edge_app.commands.ui_page import PAGE
 from edge_app.config import AppConfig
 from edge_app.emotions import DESCRIPTIONS
@@ -126,7 +126,7 @@ class PreviewApp:
     def from_config(cls, config: AppConfig) -> PreviewApp:
         """The models as ``edge-emotion run`` loads them; the pipeline looks for one face more than ``ui.max_faces``
         so that a photo with too many can be told apart from one with just enough."""
-        classifier, pipeline = load_models(config)
+        classifier, pipeline = build_pipeline(config)
         pipeline.max_faces = config.ui.max_faces + 1
         return cls(classifier, pipeline, load_gradcam(classifier), int(config.ui.max_upload_mb * MB),
                    config.ui.max_faces)
