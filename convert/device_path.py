@@ -3,10 +3,10 @@
 The crop path (quantize.py's int8 figure) feeds the model FER-2013's own 48x48 faces. The device never sees those:
 it finds a face in a frame, measures its landmarks and cuts its own crop with the card's ``crop_spec``. Here each
 test face is upscaled into a frame as the landmark cache does (``edge_app.pipeline.faces.small_face_frame``), and
-``FacePipeline.detect`` (with the config's ``detection:`` settings) and ``EmotionClassifier`` do the rest, as on the
-device. A face the detector does not find has no prediction: ``face_found_rate`` reports it, ``accuracy`` and
-``macro_f1`` are over the found faces, and the gate compares that accuracy with the crop path's on the same faces
-(like with like). ``accuracy_counting_misses`` counts the faces not found as wrong.
+the pipeline of the device's composition root (``edge_app.app.build_pipeline``, with the ``detection:`` settings)
+does the rest, as on the device. A face the detector does not find has no prediction: ``face_found_rate`` reports
+it, ``accuracy`` and ``macro_f1`` are over the found faces, and the gate compares that accuracy with the crop path's
+on the same faces (like with like). ``accuracy_counting_misses`` counts the faces not found as wrong.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge_app.app import build_pipeline
 from edge_app.commands.check import NO_PREDICTION, macro_f1
-from edge_app.config import DetectionConfig
-from edge_app.pipeline.classify import EmotionClassifier
-from edge_app.pipeline.faces import FacePipeline, small_face_frame
+from edge_app.config import AppConfig
+from edge_app.pipeline.faces import small_face_frame
 
 
 def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -30,18 +30,21 @@ def sample_rows(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def device_predictions(model_path: Path, card_path: Path, classes: list[str], faces: np.ndarray,
-                       detection: DetectionConfig, num_threads: int = 1) -> np.ndarray:
-    """The class the device gives each 48x48 face (``NO_PREDICTION`` where the detector finds none)."""
-    classifier = EmotionClassifier(model_path, card_path, delegate="cpu", num_threads=num_threads,
-                                   expected_classes=classes)
-    pipeline = FacePipeline(classifier.crop_spec, min_detection_score=detection.min_score,
-                            min_landmark_score=detection.min_landmark_score, min_face_px=detection.min_face_px,
-                            max_faces=1, num_threads=num_threads)
+                       config: AppConfig) -> np.ndarray:
+    """The class the device gives each 48x48 face (``NO_PREDICTION`` where the detector finds none), from the
+    pipeline the device's composition root builds for ``config`` with this model, one face per frame, on the CPU."""
+    config = config.model_copy(update={
+        "model": config.model.model_copy(update={"path": str(model_path), "card": str(card_path),
+                                                 "classes": list(classes), "flip_average": False}),
+        "runtime": config.runtime.model_copy(update={"delegate": "cpu"}),
+        "detection": config.detection.model_copy(update={"max_faces": 1}),
+    })
+    pipeline = build_pipeline(config)
     predictions = np.full(len(faces), NO_PREDICTION, np.int64)
     for i, face in enumerate(tqdm(faces, desc="device path", disable=None)):
-        found = pipeline.detect(small_face_frame(face))
+        found = pipeline.faces.detect(small_face_frame(face))
         if found:
-            predictions[i] = int(classifier.predict(found[0].crop, found[0].features).argmax())
+            predictions[i] = int(pipeline.classifier.predict(found[0].crop, found[0].features).argmax())
     return predictions
 
 

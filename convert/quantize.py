@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         on_device = sample_rows(len(faces), config.convert.device_path_size)
         log.info("device path: %d test faces through detection, landmarks and cropping", len(on_device))
         device = device_predictions(paths["int8"], staged / f"{card.name}.card.json", card.classes,
-                                    faces[on_device], config.detection, config.runtime.num_threads)
+                                    faces[on_device], config)
         device_path = device_path_report(labels[on_device], device, predictions["int8"][on_device],
                                          len(card.classes), config.convert.max_device_path_drop)
         report = {

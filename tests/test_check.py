@@ -91,11 +91,8 @@ def test_faces_mode_fails_when_below_the_card(tiny_model, tmp_path, capsys, capl
 
 def answer_for(model: Path, rgb: np.ndarray) -> str:
     """The class the model gives the largest face of ``rgb`` through the device's own pipeline (config defaults)."""
-    config = load_config(env={})
     classifier = EmotionClassifier(model)
-    pipeline = FacePipeline(classifier.crop_spec, min_detection_score=config.detection.min_score,
-                            min_landmark_score=config.detection.min_landmark_score,
-                            min_face_px=config.detection.min_face_px, max_faces=1)
+    pipeline = FacePipeline.from_config(load_config(env={}), classifier.crop_spec, max_faces=1)
     face = pipeline.detect(rgb)[0]
     return classifier.classes[int(classifier.predict(face.crop, face.features).argmax())]
 
