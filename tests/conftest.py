@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -25,6 +26,17 @@ settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", 
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process (``configure_logging``) leaves no handler on its captured stderr: a later
+    test's threads would log into the closed stream ('--- Logging error --- I/O operation on closed file')."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 @pytest.fixture(scope="session")
 def fer_data_path() -> Path:
