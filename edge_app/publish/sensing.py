@@ -3,7 +3,7 @@
 Off means the camera is closed (its light goes out) and no frame is read; windows still go out, marked
 ``sensing: false``, so subscribers see the device is alive. The state is kept in a small file so that it survives a
 restart of the service: ``$STATE_DIRECTORY/sensing`` under systemd (``StateDirectory=``, the one place the hardened
-unit may write, shared with the MQTT queue of ``publish_queue``), else ``sensing.state_file``, else the user's state
+unit may write, shared with the MQTT queue of ``publish.queue``), else ``sensing.state_file``, else the user's state
 folder. The file is written only when the switch is used.
 """
 
