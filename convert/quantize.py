@@ -44,7 +44,7 @@ from edge_app.config import AppConfig, ConfigError, load_config  # noqa: E402
 from edge_app.dataset import TEST, TRAIN, DataError  # noqa: E402
 from edge_app.model_card import ModelCard, ModelError, describe_file, float_model_inputs, load_card  # noqa: E402
 from edge_app.pipeline.classify import EmotionClassifier  # noqa: E402
-from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
+from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, recorded_path, training_card_path  # noqa: E402
 
 log = logging.getLogger("quantize")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         device_path = device_path_report(labels[on_device], device, predictions["int8"][on_device],
                                          len(card.classes), config.convert.max_device_path_drop)
         report = {
-            "model": card.name, "source": str(model_path), "data": Path(args.data).name, "split": "test",
+            "model": card.name, "source": recorded_path(model_path), "data": Path(args.data).name, "split": "test",
             "n": len(faces),
             "float_accuracy": results["keras_float"]["accuracy"], "int8_accuracy": results["int8"]["accuracy"],
             "agreement": results["int8"]["agreement"], "accuracy_drop_points": drop,

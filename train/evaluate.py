@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from edge_app.dataset import FERPLUS_COLUMNS, TEST, TRAIN, DataError, FaceDataset  # noqa: E402
 from edge_app.model_card import FACE_INPUT, ModelError, float_model_inputs, load_card  # noqa: E402
 from edge_app.pipeline.preprocess import landmark_features, mirror_inputs  # noqa: E402
-from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, training_card_path  # noqa: E402
+from train.landmark_cache import DEFAULT_CACHE_DIR, load_with_features, recorded_path, training_card_path  # noqa: E402
 
 log = logging.getLogger("evaluate")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013.npz"
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("evaluating %s on %d test faces (%d also in the training split)", model_path, len(rows), leaked.sum())
     results, probabilities = evaluate(model, data, features, rows, leaked, card.classes)
     report = {
-        "model": card.name, "source": str(model_path), "data": Path(args.data).name, "split": "test",
+        "model": card.name, "source": recorded_path(model_path), "data": Path(args.data).name, "split": "test",
         "classes": card.classes, "recipe": card.training.get("recipe", {}),
         "train_duplicates": int(leaked.sum()), "results": results, "files": ["evaluation.json", "evaluation.md"],
     }

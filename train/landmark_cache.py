@@ -85,6 +85,12 @@ def training_card_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".card.json")
 
 
+def recorded_path(path: Path) -> str:
+    """A model's path as reports record it: relative to the checkout when inside it (no machine's folders)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def load_with_features(data_path: str | Path, cache_dir: Path, card: ModelCard) -> tuple[FaceDataset, np.ndarray]:
     """The dataset restricted to the card's classes and its landmark features, computed as in training."""
     full = load_dataset(data_path)
