@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from edge_app.app import Pipeline, build_pipeline
 from edge_app.dataset import DataError, load_dataset
 from edge_app.emotions import fer_label_map
-from edge_app.model_card import ModelError
 from edge_app.pipeline.capture import IMAGE_SUFFIXES, ImageError, read_image
 from edge_app.pipeline.classify import EmotionClassifier
 from edge_app.pipeline.faces import FacePipeline, FrameError
 from edge_app.pipeline.preprocess import landmark_features
+from edge_app.pipeline.runtime import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,10 @@ def photos(path: Path, classes: tuple[str, ...]) -> tuple[int, Iterator[tuple[st
     return len(rows), ((f"{path}[{i}]", int(labels[i]), images[i]) for i in rows)
 
 
-def check_photos(args: argparse.Namespace, classifier: EmotionClassifier, config: Any) -> tuple[np.ndarray, np.ndarray,
-                                                                                                  dict]:
+def check_photos(args: argparse.Namespace, device: Pipeline) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels and predictions for photos through the device's face pipeline (largest face per photo)."""
-    pipeline = FacePipeline.from_config(config, classifier.crop_spec, max_faces=1)
+    classifier, pipeline = device
+    pipeline.max_faces = 1
     count, samples = photos(args.data, classifier.classes)
     count = min(count, args.limit) if args.limit else count
     labels, predictions, found, unreadable, pipeline_ms, times = [], [], 0, 0, [], []
@@ -186,12 +187,14 @@ def expected_accuracy(classifier: EmotionClassifier) -> float | None:
 
 def main(args: argparse.Namespace, config: Any) -> int:
     try:
-        classifier = EmotionClassifier.from_config(config)
         if args.full_pipeline:
-            labels, predictions, extra = check_photos(args, classifier, config)
+            device = build_pipeline(config)
+            classifier = device.classifier
+            labels, predictions, extra = check_photos(args, device)
         else:
+            classifier = EmotionClassifier.from_config(config)
             labels, predictions, extra = check_faces(args, classifier)
-    except (ModelError, DataError) as exc:
+    except (ModelLoadError, DataError) as exc:
         print(f"edge-emotion check: {exc}", file=sys.stderr)
         return 2
     accuracy = float(np.mean(predictions == labels))
