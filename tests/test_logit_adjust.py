@@ -1,4 +1,5 @@
-"""convert/logit_adjust.py: the prior correction folded into the final bias, and the PublicTest rule that picks tau."""
+"""convert/logit_adjust.py: per-class logit offsets folded into the final bias, and the PublicTest rules that pick them
+(a recall floor for every class; tau * log(prior) for macro F1)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,28 @@ def test_choose_tau_takes_the_best_macro_f1_within_the_accuracy_cost() -> None:
     assert by_tau[strict]["accuracy"] >= by_tau[0.0]["accuracy"]
 
 
+def test_choose_offsets_lifts_every_class_to_the_floor_at_the_best_accuracy() -> None:
+    from convert.logit_adjust import choose_offsets, class_recall
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    # Class 2's faces lean to it but class 0 wins their argmax: its recall is 0 without offsets.
+    probabilities = rng.dirichlet(np.ones(3), len(labels)) * 0.2
+    probabilities[np.arange(len(labels)), labels] += 0.5
+    probabilities[labels == 2, 0] += 0.7
+    probabilities /= probabilities.sum(1, keepdims=True)
+    plain = probabilities.argmax(1)
+    assert class_recall(labels, plain, 3)[2] == 0
+    offsets = choose_offsets(labels, probabilities, min_recall=0.5)
+    adjusted = (np.log(probabilities) + offsets).argmax(1)
+    assert (class_recall(labels, adjusted, 3) >= 0.5).all()
+    assert abs(offsets.mean()) < 1e-9 and offsets[2] == offsets.max()
+    np.testing.assert_array_equal(offsets, choose_offsets(labels, probabilities, min_recall=0.5))
+    # A floor every class already meets leaves only accuracy to gain: never below the plain argmax's.
+    free = (np.log(probabilities) + choose_offsets(labels, probabilities, min_recall=0.0)).argmax(1)
+    assert np.mean(free == labels) >= np.mean(plain == labels)
+
+
 @pytest.fixture
 def skewed_data(tiny_model: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     """The tiny model's data with fewer training faces of disgust and surprise (its own classes are balanced, and a
@@ -63,7 +86,7 @@ def test_adjusted_model_carries_the_correction_in_its_bias(tiny_model: dict[str,
     data_path, cache = skewed_data
     out = tmp_path / "adjusted" / "fer_fusion.keras"
     result = run_script("convert/logit_adjust.py", "--model", tiny_model["keras"], "--out", out, "--data",
-                        data_path, "--cache-dir", cache, "--tau", "0.7")
+                        data_path, "--cache-dir", cache, "--rule", "prior", "--tau", "0.7")
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout)
     assert printed["tau"] == 0.7 and len(printed["curve"]) == 41
@@ -85,3 +108,34 @@ def test_adjusted_model_carries_the_correction_in_its_bias(tiny_model: dict[str,
     again = run_script("convert/logit_adjust.py", "--model", out, "--out", tmp_path / "twice.keras", "--data",
                        data_path, "--cache-dir", cache)
     assert again.returncode != 0 and "already logit-adjusted (tau 0.7)" in again.stderr
+
+
+def test_recall_floor_offsets_are_in_the_bias_and_lift_the_rare_classes(tiny_model: dict[str, Path], skewed_data,
+                                                                         tmp_path: Path) -> None:
+    import keras
+
+    from edge_app.dataset import VALIDATION, load_dataset
+    from train.landmark_cache import features_from_landmarks, load_or_compute
+
+    data_path, cache = skewed_data
+    out = tmp_path / "floor" / "fer_fusion.keras"
+    result = run_script("convert/logit_adjust.py", "--model", tiny_model["keras"], "--out", out, "--data",
+                        data_path, "--cache-dir", cache, "--min-recall", "0.3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout)
+    record = load_card(out.with_name("fer_fusion.card.json")).training["logit_adjustment"]
+    assert printed["rule"] == "recall-floor" and record["min_recall"] == 0.3 and record["offsets"] == printed["offsets"]
+    before, after = printed["validation_before"], printed["validation_after"]
+    assert min(after["recall"].values()) >= min(0.3, min(before["recall"].values()))
+    assert after["recall"] == record["validation_after"]["recall"]
+    data = load_dataset(data_path)
+    rows = np.flatnonzero(data.splits == VALIDATION)
+    inputs = float_model_inputs(data.images[rows], features_from_landmarks(load_or_compute(data, cache))[rows])
+    plain = keras.models.load_model(tiny_model["keras"]).predict(inputs, verbose=0)
+    adjusted = keras.models.load_model(out).predict(inputs, verbose=0)
+    expected = plain * np.exp(list(printed["offsets"].values()))
+    np.testing.assert_allclose(adjusted, expected / expected.sum(1, keepdims=True), atol=1e-4)
+    assert round(float(np.mean(adjusted.argmax(1) == data.labels[rows])), 4) == after["accuracy"]
+    wrong = run_script("convert/logit_adjust.py", "--model", tiny_model["keras"], "--out", tmp_path / "x.keras",
+                       "--tau", "0.5")
+    assert wrong.returncode != 0 and "--tau: only the prior rule takes a tau" in wrong.stderr
