@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# Keras (TensorFlow, matplotlib) before GStreamer: in the test venv, a process that has run Gst.init beside
+# mediapipe's opencv-contrib cv2 dies with SIGSEGV when it later imports keras (in matplotlib's ft2font), so
+# `pytest tests/test_gstreamer.py tests/test_classifier.py` died while the whole suite, which happens to load keras
+# first, passed. Loaded here, every order works. The device never imports keras or matplotlib.
+try:
+    import keras  # noqa: F401
+except ImportError:  # a device-only install: the tests that need keras skip
+    pass
 from mqtt_helpers import close_all
 from train_helpers import run_script, small_fer
 
