@@ -136,6 +136,13 @@ def test_recall_floor_offsets_are_in_the_bias_and_lift_the_rare_classes(tiny_mod
     expected = plain * np.exp(list(printed["offsets"].values()))
     np.testing.assert_allclose(adjusted, expected / expected.sum(1, keepdims=True), atol=1e-4)
     assert round(float(np.mean(adjusted.argmax(1) == data.labels[rows])), 4) == after["accuracy"]
+    # The evaluation report says what the final bias carries.
+    evaluated = run_script("train/evaluate.py", "--model", out, "--data", data_path, "--cache-dir", cache, "--out",
+                           tmp_path / "reports", "--gradcam-per-class", "0")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((tmp_path / "reports" / "evaluation.json").read_text())
+    assert report["logit_adjustment"]["offsets"] == printed["offsets"]
+    assert "disgust " in (tmp_path / "reports" / "evaluation.md").read_text().split("Logit adjustment")[1]
     wrong = run_script("convert/logit_adjust.py", "--model", tiny_model["keras"], "--out", tmp_path / "x.keras",
                        "--tau", "0.5")
     assert wrong.returncode != 0 and "--tau: only the prior rule takes a tau" in wrong.stderr

@@ -262,6 +262,11 @@ def markdown(report: dict) -> str:
         t = report["training"]
         lines += ["", f"Training: {t['epochs']} epochs, best validation (PublicTest) accuracy "
                       f"{percent(t['best_validation_accuracy'])} at epoch {t['best_epoch']}."]
+    if report.get("logit_adjustment"):
+        adjustment = report["logit_adjustment"]
+        shift = (", ".join(f"{name} {value:+.2f}" for name, value in adjustment["offsets"].items())
+                 if "offsets" in adjustment else f"tau {adjustment['tau']} x log(prior)")
+        lines += ["", f"Logit adjustment in the final bias (`convert/logit_adjust.py`, {adjustment['rule']}): {shift}."]
     lines += ["", "Figures: " + ", ".join(f"`{name}`" for name in report["files"]), ""]
     return "\n".join(lines)
 
@@ -320,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         "classes": card.classes, "recipe": card.training.get("recipe", {}),
         "train_duplicates": int(leaked.sum()), "results": results, "files": ["evaluation.json", "evaluation.md"],
     }
+    if "logit_adjustment" in card.training:  # convert/logit_adjust.py: what the final bias carries
+        adjustment = card.training["logit_adjustment"]
+        report["logit_adjustment"] = {k: adjustment[k] for k in ("rule", "min_recall", "offsets", "tau")
+                                      if k in adjustment}
     ferplus = ferplus_figures(data, rows, probabilities, card.classes)
     if ferplus is not None:
         report["ferplus_majority"] = ferplus
