@@ -241,7 +241,8 @@ class TrainConfig(Section):
     dropout: float = Field(0.4, ge=0, lt=1, strict=True)
     patience: int = Field(8, ge=1, strict=True)
     init_from: Optional[str] = None  # a trained Keras model to fine-tune (its card beside it)
-    teacher: Optional[str] = None  # a trained Keras model to distil from
+    # Trained Keras models to distil from (one, or several whose predictions are averaged: an ensemble teacher).
+    teacher: Union[str, list[str], None] = None
     distill_weight: float = Field(0.5, ge=0, le=1, strict=True)
     average_with_init: bool = Field(False, strict=True)  # save the mean of the best weights and init_from's
 

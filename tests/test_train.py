@@ -174,7 +174,7 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     first_card = load_card(tmp_path / "first" / "model.card.json")
     assert training["init_from"]["file"] == "model.keras"
     assert training["init_from"]["train_seconds"] == first_card.training["train_seconds"] > 0
-    assert training["recipe"]["teacher"] == str(teacher) and training["recipe"]["distill_weight"] == 0.7
+    assert training["recipe"]["teacher"] == [str(teacher)] and training["recipe"]["distill_weight"] == 0.7
     import keras
 
     first_model, best_model, saved_model = (keras.models.load_model(path, compile=False) for path in (
@@ -204,3 +204,20 @@ def test_a_second_stage_distils_from_a_trained_model(synthetic_folder: Path, tmp
     with (tmp_path / "third" / "history.csv").open() as f:
         (epoch,) = list(csv.DictReader(f))
     assert float(epoch["loss"]) == pytest.approx(0.32, abs=0.05)
+
+    # Two teachers are averaged: the happy one and one undecided (50/50) give targets of 75/25, against which the
+    # same happy student scores about 1.66 (smoothed 0.724/0.276), where either teacher alone gives 0.32 or 3.0.
+    logits.set_weights([np.zeros_like(logits.get_weights()[0]), np.zeros(2, np.float32)])
+    undecided = tmp_path / "undecided" / "model.keras"
+    undecided.parent.mkdir()
+    first_model.save(undecided)
+    (undecided.parent / "model.card.json").write_bytes((tmp_path / "first" / "model.card.json").read_bytes())
+    fourth = run_script("train/train.py", *common, "--out", tmp_path / "fourth", "--epochs", "1", "--lr", "1e-7",
+                        "--init-from", constant, "--teacher", constant, undecided, "--distill-weight", "1.0")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert "one of 2 teachers" in fourth.stderr
+    with (tmp_path / "fourth" / "history.csv").open() as f:
+        (epoch,) = list(csv.DictReader(f))
+    assert float(epoch["loss"]) == pytest.approx(1.66, abs=0.1)
+    assert load_card(tmp_path / "fourth" / "model.card.json").training["recipe"]["teacher"] == [str(constant),
+                                                                                                str(undecided)]

@@ -3,7 +3,7 @@
 Checkpoints every epoch in ``--out`` (``last.keras`` with optimizer state, ``best.keras``
 by validation accuracy); ``--resume`` continues from ``last.keras``. The output
 ``model.keras`` + ``model.card.json`` pair is what ``evaluate.py`` and ``quantize.py`` take.
-``--init-from MODEL --teacher MODEL`` fine-tunes a trained model on targets mixed with a
+``--init-from MODEL --teacher MODEL [MODEL ...]`` fine-tunes a trained model on targets mixed with a
 teacher's flip-averaged predictions (self-distillation, an optional second stage);
 ``--average-with-init`` then saves the mean of its best weights and the first stage's.
 """
@@ -87,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=settings.patience)
     p.add_argument("--init-from", default=settings.init_from, metavar="MODEL",
                    help="start from this trained Keras model's weights (its card beside it) instead of new ones")
-    p.add_argument("--teacher", default=settings.teacher, metavar="MODEL",
-                   help="distil: mix the targets with this trained model's flip-averaged predictions")
+    p.add_argument("--teacher", nargs="+", metavar="MODEL",
+                   default=[settings.teacher] if isinstance(settings.teacher, str) else settings.teacher,
+                   help="distil: mix the targets with these trained models' flip-averaged predictions, averaged")
     p.add_argument("--distill-weight", type=float, default=settings.distill_weight,
                    help="share of the teacher's predictions in the targets (with --teacher)")
     p.add_argument("--average-with-init", action=argparse.BooleanOptionalAction, default=settings.average_with_init,
@@ -130,17 +131,20 @@ def trained_model(flag: str, path: Path, classes: tuple[str, ...]) -> keras.Mode
 
 
 def distillation_targets(
-    teacher_path: Path, faces: np.ndarray, features: np.ndarray, targets: np.ndarray, classes: tuple[str, ...],
-    weight: float,
+    teacher_paths: list[Path], faces: np.ndarray, features: np.ndarray, targets: np.ndarray,
+    classes: tuple[str, ...], weight: float,
 ) -> np.ndarray:
-    """``targets`` mixed with the teacher's flip-averaged probabilities on the un-augmented training faces.
+    """``targets`` mixed with the teachers' mean flip-averaged probabilities on the un-augmented training faces.
 
-    The soft targets carry what the teacher learned about which expressions look alike, and its test-time
-    augmentation, so a student of the same size learns in one pass what the teacher needs two passes for.
+    The soft targets carry what the teachers learned about which expressions look alike, and their test-time
+    augmentation, so a student of the same size learns in one pass what the teacher needs two passes for; several
+    teachers (other seeds or recipes) make an ensemble teacher, the usual lever for small models.
     """
-    teacher = trained_model("--teacher", teacher_path, classes)
-    log.info("distilling from %s (weight %.2f)", teacher_path, weight)
-    _, soft = plain_and_flip_averaged(teacher, faces, features)
+    soft = np.zeros_like(targets)
+    for path in teacher_paths:
+        teacher = trained_model("--teacher", path, classes)
+        log.info("distilling from %s (weight %.2f, one of %d teachers)", path, weight, len(teacher_paths))
+        soft += plain_and_flip_averaged(teacher, faces, features)[1] / len(teacher_paths)
     return ((1.0 - weight) * targets + weight * soft).astype(np.float32)
 
 
@@ -281,8 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     x_val = float_model_inputs(val_set.images, features[val_mask])
     y_train = targets(train_set, classes, args.labels, args.ferplus_weight)
     if args.teacher:
-        y_train = distillation_targets(Path(args.teacher), train_set.images, features[train_idx], y_train, classes,
-                                       args.distill_weight)
+        y_train = distillation_targets([Path(t) for t in args.teacher], train_set.images, features[train_idx],
+                                       y_train, classes, args.distill_weight)
     y_val = np.eye(len(classes), dtype=np.float32)[val_set.labels]
     steps = max(1, len(y_train) // args.batch_size)
 
