@@ -71,9 +71,14 @@ def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return counts / counts.sum()
 
 
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """The logits up to a per-row constant (log-softmax), which is all an offset's argmax needs."""
+    return np.log(np.maximum(probabilities, 1e-12))
+
+
 def adjusted_predictions(probabilities: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
-    """The class of each row after the prior correction: log-softmax differs from the logits by a per-row constant."""
-    return (np.log(np.maximum(probabilities, 1e-12)) - tau * np.log(prior)).argmax(1)
+    """The class of each row after the prior correction."""
+    return (log_probabilities(probabilities) - tau * np.log(prior)).argmax(1)
 
 
 def choose_tau(labels: np.ndarray, probabilities: np.ndarray, prior: np.ndarray, classes: list[str],
@@ -101,11 +106,11 @@ def choose_offsets(labels: np.ndarray, probabilities: np.ndarray, min_recall: fl
     Coordinate ascent: each sweep sets each class's offset in turn to the grid value with the smallest total recall
     shortfall below the floor, then the best accuracy, then the smallest offset. Deterministic.
     """
-    log_probabilities = np.log(np.maximum(probabilities, 1e-12))
+    logits = log_probabilities(probabilities)
     num_classes = probabilities.shape[1]
 
     def score(offsets: np.ndarray) -> tuple[float, float]:
-        predictions = (log_probabilities + offsets).argmax(1)
+        predictions = (logits + offsets).argmax(1)
         shortfall = np.maximum(0.0, min_recall - class_recall(labels, predictions, num_classes)).sum()
         return -round(float(shortfall), 9), float(np.mean(predictions == labels))
 
@@ -167,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.data}: no validation (PublicTest) faces to choose the offsets on")
     labels = data.labels[rows]
     probabilities = model.predict(float_model_inputs(data.images[rows], features[rows]), batch_size=512, verbose=0)
-    log_probabilities = np.log(np.maximum(probabilities, 1e-12))
     before = summary(labels, probabilities.argmax(1), classes)
     if args.rule == "prior":
         chosen, curve = choose_tau(labels, probabilities, prior, classes, args.max_accuracy_cost)
@@ -184,13 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"then the best accuracy; ship when it costs <= {args.max_accuracy_cost} points of accuracy "
                         "and brings a class up to the floor"}
         chosen_by = {"offsets": rule["offsets"]}
-    after = summary(labels, (log_probabilities + shift).argmax(1), classes)
+    after = summary(labels, (log_probabilities(probabilities) + shift).argmax(1), classes)
     gain = round(after["macro_f1"] - before["macro_f1"], 4)
     cost = round(100 * (before["accuracy"] - after["accuracy"]), 2)
-    if args.rule == "prior":
-        gains = gain >= args.min_f1_gain
-    else:
-        gains = min(after["recall"].values()) >= args.min_recall > min(before["recall"].values())
+    gains = (gain >= args.min_f1_gain if args.rule == "prior"
+             else min(after["recall"].values()) >= args.min_recall > min(before["recall"].values()))
     record = {**rule, "prior": {name: round(float(p), 5) for name, p in zip(classes, prior)},
               "chosen_on": "validation (PublicTest)", "source": Path(args.model).name,
               "validation_before": before, "validation_after": after}
