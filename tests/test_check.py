@@ -51,10 +51,10 @@ def test_faces_mode_reproduces_the_cards_accuracy(tiny_model, capsys) -> None:
 def test_the_shipped_model_reads_every_class_of_privatetest(fer_data_path: Path, capsys) -> None:
     """What the README promises of the shipped int8 model, through the device's own check: its card's PrivateTest
     accuracy, and every class's recall at the recall floor it was adjusted for (convert/logit_adjust.py)."""
-    from edge_app.model_card import default_model_path
+    from edge_app.model_card import default_model_path, find_card
 
     model = default_model_path()
-    card = load_card(model.with_name("fer_fusion.card.json"))
+    card = load_card(find_card(model))
     code, result, _ = run_check(["--data", str(fer_data_path), "--split", "test"], model, capsys)
     assert code == 0 and result["passed"] is True and result["n"] == 3589
     assert abs(result["accuracy"] - result["expected_accuracy"]) <= 0.002
